@@ -7,6 +7,7 @@ killed process leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,10 +49,12 @@ def write_text(target: str | os.PathLike[str], text: str) -> Path:
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write ``obj`` as indented, key-sorted JSON (stable bytes for stable hashes)."""
-    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
     if hasattr(obj, "tolist"):  # numpy scalars and arrays
         return obj.tolist()
     if isinstance(obj, Path):

@@ -1,0 +1,138 @@
+"""The ``factory`` command: parses arguments, calls library functions, prints. No logic lives here.
+
+Exit codes: 0 success; 1 a release gate failed; 2 bad input (recipe, file, name); 130 interrupted (run the same
+command again to resume).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from factory.recipe import RecipeError, load_recipe
+from factory.registry import UnknownNameError
+
+EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPT = 1, 2, 130
+
+SET_HELP = "Override a recipe value, e.g. --set distill.train.steps=200 (repeatable)."
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's precise exceptions into one-line messages and documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecipeError as e:
+            for issue in e.issues:
+                click.echo(str(issue), err=True)
+            sys.exit(EXIT_INPUT)
+        except UnknownNameError as e:
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(EXIT_INPUT)
+        except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_INPUT)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished stages are cached; run the same command again to resume.", err=True)
+            sys.exit(EXIT_INTERRUPT)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="factory")
+def main() -> None:
+    """Edge-deployment model factory for fair face recognition.
+
+    A recipe (YAML) describes one build: data -> teacher -> distill -> export -> compress -> validate -> release.
+    `factory build RECIPE` runs it, caching every stage under runs/<recipe name>/, and publishes a release only if
+    every gate in the recipe passes.
+    """
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--force", multiple=True, metavar="STAGE", help="Re-run this stage even if it is cached (repeatable).")
+@click.option("--until", metavar="STAGE", help="Stop after this stage.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal).")
+@_friendly
+def build(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], until: str | None, progress: bool | None) -> None:
+    """Run RECIPE end to end; print one line per stage, the gate table and, last, the release directory.
+
+    Stages: data, teacher, distill, export, compress, validate, release. A stage whose settings, inputs and code
+    are unchanged is skipped ("cached"). An interrupted build resumes where it stopped.
+    """
+    from factory.evaluate.validate import accuracy_table
+    from factory.pipeline import GateFailure, build as run_build, unpublish
+    from factory.release.gates import GateResult, format_gate_table
+
+    parsed = load_recipe(recipe, list(overrides))
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        result = run_build(parsed, force=force, until=until, progress=show)
+    except GateFailure as failure:
+        unpublish(parsed)
+        click.echo(format_gate_table([GateResult(**g) for g in failure.gates]))
+        click.echo(str(failure), err=True)
+        click.echo("no release written: fix the model or relax the gate in the recipe.", err=True)
+        sys.exit(EXIT_GATE)
+    if "validate" in result.stages:
+        click.echo("\n" + accuracy_table(result.stages["validate"].metrics))
+    if result.release_dir is not None:
+        gates = result.stages["release"].metrics["gates"]
+        click.echo("\n" + format_gate_table([GateResult(**g) for g in gates]) + "\n")
+        click.echo(str(result.release_dir.resolve()))
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--resolved", is_flag=True, help="Print the resolved recipe (after extends and --set).")
+@_friendly
+def check(recipe: Path, overrides: tuple[str, ...], resolved: bool) -> None:
+    """Validate RECIPE without running it.
+
+    Exits 0 when it is valid; otherwise exits 2 and prints one line per problem as
+    FILE:LINE: dotted.key: what is wrong (what is expected).
+    """
+    parsed = load_recipe(recipe, list(overrides))
+    if resolved:
+        click.echo(parsed.to_yaml(), nl=False)
+    else:
+        click.echo(f"{recipe}: ok")
+
+
+@main.group()
+def data() -> None:
+    """Look at the data a recipe uses."""
+
+
+@data.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("previews"), show_default=True)
+@click.option("--identities", default=8, show_default=True, help="Rows per grid (one identity per row).")
+@click.option("--samples", default=6, show_default=True, help="Columns per grid (images of that identity).")
+@_friendly
+def preview(recipe: Path | None, out: Path, identities: int, samples: int) -> None:
+    """Write one PNG grid per demographic group of the procedural world (RECIPE's world, or the built-in one)."""
+    from factory.data.build import make_world
+    from factory.data.preview import write_previews
+    from factory.recipe import Recipe
+
+    parsed = load_recipe(recipe) if recipe else Recipe()
+    for path in write_previews(
+        make_world(parsed.data.world), out, identities=identities, samples=samples, seed=parsed.seed
+    ):
+        click.echo(str(path))
+
+
+if __name__ == "__main__":
+    main()

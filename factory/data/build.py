@@ -1,0 +1,65 @@
+"""The data stage: render the benchmark, the calibration set and previews from the procedural world once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from factory.data.benchmark import build_benchmark
+from factory.data.preview import write_previews
+from factory.data.procedural import ProceduralFaceWorld, load_taxonomy, unlabelled_batch
+from factory.files import atomic_path
+from factory.recipe import WorldConfig
+
+if TYPE_CHECKING:
+    from factory.pipeline import StageContext
+
+BENCHMARK_FILE = "benchmark.npz"
+CALIBRATION_FILE = "calibration.npz"
+CALIBRATION_SPLIT = "calibration"
+
+
+def make_world(cfg: WorldConfig) -> ProceduralFaceWorld:
+    """The procedural world a recipe describes."""
+    return ProceduralFaceWorld(load_taxonomy(cfg.taxonomy), seed=cfg.seed)
+
+
+def render_unlabelled(world: ProceduralFaceWorld, n: int, seed: int, split: str, batch_size: int = 128) -> np.ndarray:
+    """``n`` uint8 faces of fresh identities from ``split`` (balanced over groups), deterministic in ``seed``."""
+    chunks = []
+    for step in range((n + batch_size - 1) // batch_size):
+        chunks.append(unlabelled_batch(world, batch_size, step, seed, split=split)["images"])
+    return torch.cat(chunks)[:n].numpy()
+
+
+def build_data(ctx: StageContext) -> dict[str, Any]:
+    """Write ``benchmark.npz`` (RFW-like pairs per group), ``calibration.npz`` and ``previews/<group>.png``."""
+    cfg, seed = ctx.recipe.data, ctx.recipe.seed
+    world = make_world(cfg.world)
+    bench = build_benchmark(world, pairs_per_group=cfg.benchmark_pairs_per_group, seed=seed, progress=ctx.progress)
+    bench.save(ctx.work_dir / BENCHMARK_FILE)
+    # Calibration identities come from their own split: INT8 ranges never see a benchmark face.
+    calibration = render_unlabelled(world, cfg.calibration_images, seed, CALIBRATION_SPLIT)
+    with atomic_path(ctx.work_dir / CALIBRATION_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, images=calibration)
+    previews = write_previews(
+        world, ctx.work_dir / "previews", identities=cfg.preview_identities, samples=cfg.preview_samples, seed=seed
+    )
+    return {
+        "groups": list(bench.group_names),
+        "benchmark_pairs": int(len(bench.issame)),
+        "benchmark_images": int(len(bench.images)),
+        "calibration_images": int(len(calibration)),
+        "previews": [p.name for p in previews],
+    }
+
+
+def load_calibration(path: Any) -> np.ndarray:
+    """uint8 calibration images written by :func:`build_data`."""
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data:
+            raise ValueError(f"{path} has no 'images' array (expected a factory calibration set)")
+        return data["images"]

@@ -1,0 +1,39 @@
+"""Training tasks for the shared loop: each turns (model, batch) into a loss and named terms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from factory.data.preprocess import to_model_input
+from factory.train.loop import TaskOutput
+
+
+def model_input(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels → this model's normalised input (its own contract), in channels_last for faster CPU convs."""
+    return to_model_input(pixels, model.contract).contiguous(memory_format=torch.channels_last)
+
+
+class MarginClassificationTask:
+    """Identity classification through a margin head (ArcFace/CosFace): how teachers are trained."""
+
+    def __init__(self, head: nn.Module) -> None:
+        self.head = head
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The head's class centres are trained with the backbone."""
+        return list(self.head.parameters())
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
+        """Cross-entropy over margin logits."""
+        embeddings = model(model_input(model, batch["pixels"]))
+        logits = self.head(embeddings, batch["labels"])
+        loss = F.cross_entropy(logits, batch["labels"])
+        with torch.no_grad():
+            # Plain (margin-free) accuracy: how well identities are separated, a readable progress signal.
+            cos = F.linear(F.normalize(embeddings), F.normalize(self.head.weight))
+            acc = (cos.argmax(1) == batch["labels"]).float().mean().item()
+        return TaskOutput(loss, {"acc": acc})
