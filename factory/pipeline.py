@@ -196,7 +196,11 @@ def _run_stage(
     partial.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     ctx = StageContext(recipe=recipe, work_dir=partial, inputs=inputs, echo=echo, progress=progress)
-    metrics = stage.run(ctx)
+    try:
+        metrics = stage.run(ctx)
+    except GateFailure:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing of a refused release is kept
+        raise
     seconds = time.perf_counter() - start
     write_text(partial / "recipe.resolved.yaml", recipe.to_yaml())
     files = sha256_tree(partial)

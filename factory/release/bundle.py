@@ -6,6 +6,7 @@ Bundle layout::
     student_fp32.xml / .bin           OpenVINO IR FP32
     student_int8.xml / .bin           OpenVINO IR INT8 (NNCF PTQ)
     golden_input.png / .npy           one aligned face, and exactly what the models are fed for it
+    recipe.resolved.yaml              the recipe after extends and overrides
     fairness.png                      per-group accuracy of every artifact
     report.md                         readable summary: accuracy and fairness table, gates, parity, lineage
     manifest.json                     sha256 of every other file, input contract, metrics, gates, golden, lineage
@@ -73,8 +74,8 @@ def make_release(ctx: StageContext) -> dict[str, Any]:
         "stages": {name: {"key": o.key, "files": o.files} for name, o in ctx.inputs.items()},
     }
     write_text(out / "report.md", _report(recipe.name, recipe.release.version, ctx.inputs, rows, lineage))
+    write_text(out / "recipe.resolved.yaml", recipe.to_yaml())  # the pipeline rewrites the same bytes
     files = sha256_tree(out)
-    files.pop("recipe.resolved.yaml", None)  # written by the pipeline after this function returns
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": recipe.name,

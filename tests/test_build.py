@@ -1,0 +1,183 @@
+"""End to end: the shipped demo recipe, shrunk with --set, through every stage to a verified release.
+
+Also: a second build is fully cached, a changed stage re-runs only what depends on it, a failed gate writes no
+release, and a build killed in the middle of distillation resumes from its checkpoint.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from factory.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "tinyfar_synthdistill.yaml"
+STAGES = ["data", "teacher", "distill", "export", "compress", "validate", "release"]
+TINY = [
+    "data.benchmark_pairs_per_group=40",
+    "data.calibration_images=32",
+    "data.preview_identities=2",
+    "data.preview_samples=2",
+    "teacher.identities_per_group=4",
+    "teacher.train.steps=12",
+    "teacher.train.batch_size=16",
+    "teacher.train.warmup_steps=2",
+    "distill.train.steps=12",
+    "distill.train.batch_size=16",
+    "distill.train.checkpoint_every=4",
+    "validate.latency_warmup=2",
+    "validate.latency_repeats=5",
+    # A dozen steps cannot make a good model: these gates check the mechanism, the demo checks the quality.
+    "gates.min_accuracy=0.3",
+    "gates.max_std=0.5",
+    "gates.max_int8_drop=0.5",
+    "gates.max_latency_ms=1000",
+]
+RELEASE_FILES = {
+    "fairness.png",
+    "golden_input.npy",
+    "golden_input.png",
+    "manifest.json",
+    "recipe.resolved.yaml",
+    "report.md",
+    "student.onnx",
+    "student_fp32.bin",
+    "student_fp32.xml",
+    "student_int8.bin",
+    "student_int8.xml",
+}
+
+
+def build(run_dir: Path, *extra: str) -> tuple[int, list[str]]:
+    args = ["build", str(RECIPE), "--no-progress", "--set", f"run_dir={run_dir}"]
+    for item in (*TINY, *extra):
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args)
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output.splitlines()
+
+
+def stage_states(lines: list[str]) -> dict[str, str]:
+    states = {}
+    for line in lines:
+        if line.startswith("[") and "/" in line.split()[0]:
+            name, state = line.split()[1:3]
+            states[name] = "cached" if state == "cached" else "ran"
+    return states
+
+
+@pytest.fixture(scope="module")
+def first_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, list[str]]:
+    run_dir = tmp_path_factory.mktemp("tiny")
+    code, lines = build(run_dir)
+    return run_dir, code, lines
+
+
+def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[str]]) -> None:
+    run_dir, code, lines = first_build
+    assert code == 0, "\n".join(lines)
+    assert stage_states(lines) == {name: "ran" for name in STAGES}
+    release = run_dir / "release"
+    assert lines[-1] == str(release.resolve())
+    shipped = {p.name for p in release.iterdir()} - {"stage.json"}
+    assert shipped == RELEASE_FILES
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert set(manifest["files"]) == RELEASE_FILES - {"manifest.json"}
+    assert manifest["contract"]["input_size"] == [112, 112] and manifest["contract"]["embedding_dim"] == 512
+    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8"}
+    assert all(g["passed"] for g in manifest["gates"])
+    assert {g["gate"] for g in manifest["gates"]} == {
+        "mean accuracy", "accuracy STD", "latency ms (b1)", "INT8 drop vs FP32"
+    }
+    groups = manifest["artifacts"]["openvino_int8"]["metrics"]["evaluation"]["groups"]
+    assert len(groups) >= 4
+    assert manifest["lineage"]["recipe"]["distill"]["train"]["steps"] == 12
+    assert manifest["lineage"]["packages"]["nncf"]
+    # The gate table is printed before the release path.
+    assert any(line.startswith("openvino_int8") and "INT8 drop vs FP32" in line for line in lines)
+
+
+def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[str]]) -> None:
+    release = first_build[0] / "release"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("ok   golden") == 3
+    # Tampering with an artifact is caught.
+    onnx = release / "student.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 1 and "FAIL sha256 student.onnx" in out.stdout
+
+
+def test_rebuild_is_cached_and_changes_rerun_only_downstream(first_build: tuple[Path, int, list[str]]) -> None:
+    run_dir = first_build[0]
+    code, lines = build(run_dir)
+    assert code == 0 and stage_states(lines) == {name: "cached" for name in STAGES}
+    code, lines = build(run_dir, "compress.preset=performance")
+    assert code == 0
+    states = stage_states(lines)
+    assert {k for k, v in states.items() if v == "cached"} == {"data", "teacher", "distill", "export"}
+
+
+def test_force_reruns_a_stage(first_build: tuple[Path, int, list[str]]) -> None:
+    run_dir = first_build[0]
+    args = ["build", str(RECIPE), "--no-progress", "--set", f"run_dir={run_dir}", "--force", "data", "--until", "data"]
+    for item in TINY:
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert stage_states(result.output.splitlines()) == {"data": "ran"}
+
+
+def test_failed_gate_writes_no_release(first_build: tuple[Path, int, list[str]]) -> None:
+    run_dir = first_build[0]
+    code, lines = build(run_dir, "gates.min_accuracy=0.9999")
+    assert code == 1
+    text = "\n".join(lines)
+    assert "gate failed: torch_fp32 mean accuracy" in text and "(limit >= 0.9999)" in text
+    assert "no release written" in text
+    assert not (run_dir / "release").exists()
+    assert not list((run_dir / "stages" / "release").glob("*.partial/manifest.json"))
+
+
+def test_unknown_stage_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["build", str(RECIPE), "--set", f"run_dir={tmp_path}", "--force", "distil"])
+    assert result.exit_code == 2
+    assert "unknown stage 'distil': did you mean 'distill'?" in result.output
+
+
+def test_killed_build_resumes_distillation(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "factory", "build", str(RECIPE), "--no-progress", "--until", "distill"]
+    for item in [*TINY, f"run_dir={tmp_path}", "distill.train.steps=60", "distill.train.checkpoint_every=5"]:
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    resume_files = tmp_path / "stages" / "distill"
+    deadline = time.monotonic() + 240
+    while not list(resume_files.glob("*.partial/resume.pt")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "distillation never wrote a checkpoint"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(resume_files.glob("*/stage.json")), "a killed stage must not be recorded as finished"
+    # The same command again has the same stage key: it must continue from the checkpoint, not from step 0.
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (record,) = resume_files.glob("*/stage.json")
+    metrics = json.loads(record.read_text())["metrics"]
+    assert metrics["resumed_from"] >= 5 and metrics["steps"] == 60
+    assert not list(resume_files.glob("*.partial"))
