@@ -1,0 +1,240 @@
+"""One calling convention for every artifact the factory produces: torch modules, ONNX files, OpenVINO IRs, engines.
+
+A :class:`Runner` takes normalised float32 ``N×3×H×W`` input and returns float32 ``N×D`` embeddings, and carries the
+model contract it was built with, so evaluation, parity checks and benchmarks never care which runtime is behind it.
+Runtimes are registered in :data:`RUNTIMES` (family ``runtime``); heavy runtime packages are imported when a runner
+is built, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from factory.models.contract import ModelContract
+from factory.registry import Registry
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Anything that maps normalised float32 ``N×3×H×W`` input to float32 ``N×D`` embeddings."""
+
+    contract: ModelContract
+    kind: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Embed one batch."""
+        ...
+
+
+RUNTIMES: Registry[Callable[..., Runner]] = Registry("runtime")
+
+
+def check_model_input(x: np.ndarray, contract: ModelContract, kind: str) -> np.ndarray:
+    """Validate a runner's input and return it as a C-contiguous float32 array; wrong input raises precisely."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{kind} runner expects a numpy array, got {type(x).__name__}")
+    if x.dtype == np.uint8:
+        raise TypeError(
+            f"{kind} runner got uint8 images; it takes normalised float32 input: wrap it with "
+            "factory.export.runtimes.embed_uint8(runner) to feed raw images"
+        )
+    expected = (3, *contract.input_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{kind} runner expects input N×{'×'.join(map(str, expected))}, got {tuple(x.shape)}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class TorchRunner:
+    """Runs a torch module in eval mode under ``inference_mode`` with a fixed intra-op thread count."""
+
+    kind = "torch"
+
+    def __init__(self, model: Any, threads: int = 1) -> None:
+        import torch
+
+        contract = getattr(model, "contract", None)
+        if not isinstance(contract, ModelContract):
+            raise TypeError(f"{type(model).__name__} has no .contract (ModelContract) to run it by")
+        self.model, self.contract, self.threads = model.eval(), contract, threads
+        self._device = next(model.parameters(), torch.empty(0)).device
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Embed one batch of normalised input."""
+        import torch
+
+        x = check_model_input(x, self.contract, self.kind)
+        # torch's thread count is process-wide: set it for this call only so runners do not fight over it.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                out = self.model(torch.from_numpy(x).to(self._device))
+        finally:
+            torch.set_num_threads(previous)
+        return out.float().cpu().numpy()
+
+
+class OnnxRunner:
+    """ONNX Runtime CPU session: ``threads`` intra-op threads, one inter-op thread, sequential execution."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = 1, contract: ModelContract | None = None) -> None:
+        import onnxruntime as ort
+
+        from factory.export.onnx import CONTRACT_KEY
+
+        self.path = _existing(path, "an ONNX model (.onnx)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # ORT warns about every unused initializer otherwise
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        if contract is None:
+            metadata = self.session.get_modelmeta().custom_metadata_map
+            if CONTRACT_KEY not in metadata:
+                raise ValueError(
+                    f"{self.path} has no {CONTRACT_KEY!r} metadata: export it with factory.export.onnx.export_onnx "
+                    "or pass contract= to onnx_runner"
+                )
+            contract = ModelContract.from_json(metadata[CONTRACT_KEY])
+        self.contract, self.threads = contract, threads
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Embed one batch of normalised input."""
+        x = check_model_input(x, self.contract, self.kind)
+        return np.asarray(self.session.run(None, {self._input: x})[0], dtype=np.float32)
+
+
+class OpenVINORunner:
+    """OpenVINO CPU compiled model with a latency hint, a thread count and an explicit inference precision."""
+
+    kind = "openvino"
+
+    def __init__(
+        self,
+        xml_path: str | os.PathLike[str],
+        threads: int = 1,
+        precision: str = "f32",
+        device: str = "CPU",
+        contract: ModelContract | None = None,
+    ) -> None:
+        import openvino as ov
+
+        from factory.export.openvino import get_contract
+
+        self.path = _existing(xml_path, "an OpenVINO IR (.xml with its .bin)")
+        core = ov.Core()
+        model = core.read_model(str(self.path))
+        self.contract = contract if contract is not None else get_contract(model, self.path)
+        shape = model.inputs[0].get_partial_shape()
+        if shape.rank.is_static and shape[0].is_static:
+            # An IR exported with a fixed batch would reject other batch sizes; the rest of the graph is
+            # batch-agnostic for every face model we build, so the batch axis is opened up here.
+            dims = [-1] + [d.get_length() if d.is_static else -1 for d in list(shape)[1:]]
+            model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(dims)})
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        # On AMX/AVX512-BF16 CPUs the plugin silently runs bf16 unless told otherwise; "f32" gives true FP32 numbers.
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.precision, self.threads = precision, threads
+        self.compiled = core.compile_model(model, device, config)
+        self._request = self.compiled.create_infer_request()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Embed one batch of normalised input."""
+        x = check_model_input(x, self.contract, self.kind)
+        self._request.infer({0: x})
+        return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
+
+
+@RUNTIMES.register("torch")
+def torch_runner(model: Any, threads: int = 1) -> Runner:
+    """Runner over a torch module with a ``.contract`` (put in eval mode)."""
+    return TorchRunner(model, threads=threads)
+
+
+@RUNTIMES.register("onnxruntime")
+def onnx_runner(path: str | os.PathLike[str], threads: int = 1, contract: ModelContract | None = None) -> Runner:
+    """Runner over an ONNX file on ONNX Runtime's CPU provider; the contract comes from the file's metadata."""
+    return OnnxRunner(path, threads=threads, contract=contract)
+
+
+@RUNTIMES.register("openvino")
+def openvino_runner(
+    xml_path: str | os.PathLike[str],
+    threads: int = 1,
+    precision: str = "f32",
+    device: str = "CPU",
+    contract: ModelContract | None = None,
+) -> Runner:
+    """Runner over an OpenVINO IR.
+
+    Args:
+        xml_path: the IR's ``.xml``.
+        threads: ``INFERENCE_NUM_THREADS``.
+        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"`` (default, true FP32), ``"bf16"``, ``"f16"``, or
+            ``"default"`` to leave the plugin's choice (bf16 on AMX CPUs).
+        device: OpenVINO device name.
+        contract: overrides the contract stored in the IR's ``rt_info``.
+
+    """
+    return OpenVINORunner(xml_path, threads=threads, precision=precision, device=device, contract=contract)
+
+
+@RUNTIMES.register("tensorrt")
+def _tensorrt_runner(engine_path: str | os.PathLike[str], threads: int = 1, **kwargs: Any) -> Runner:
+    from factory.export.tensorrt import tensorrt_runner
+
+    del threads  # a GPU engine has no CPU thread setting; accepted so every runtime takes the same arguments
+    return tensorrt_runner(engine_path, **kwargs)
+
+
+# suffix -> (runtime, what a file with that suffix must be; used in the missing-file message)
+SUFFIX_RUNTIMES = {
+    ".onnx": ("onnxruntime", "an ONNX model (.onnx)"),
+    ".xml": ("openvino", "an OpenVINO IR (.xml with its .bin)"),
+    ".engine": ("tensorrt", "a serialized TensorRT engine (.engine) with its .json contract sidecar"),
+    ".plan": ("tensorrt", "a serialized TensorRT engine (.plan) with its .json contract sidecar"),
+}
+
+
+def load_runner(path: str | os.PathLike[str], threads: int = 1, **kwargs: Any) -> Runner:
+    """Runner for an artifact file, chosen by its suffix (``.onnx``, ``.xml``, ``.engine``/``.plan``).
+
+    Extra keyword arguments go to the runtime's factory (e.g. ``precision="default"`` for OpenVINO).
+    """
+    path = Path(path)
+    if path.suffix not in SUFFIX_RUNTIMES:
+        raise ValueError(
+            f"{path}: cannot tell the runtime from suffix {path.suffix!r} (known: {sorted(SUFFIX_RUNTIMES)})"
+        )
+    runtime, expected = SUFFIX_RUNTIMES[path.suffix]
+    _existing(path, expected)
+    return RUNTIMES.get(runtime)(path, threads=threads, **kwargs)
+
+
+def embed_uint8(runner: Runner) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap ``runner`` to take uint8 RGB images ``N×3×H×W``, preprocessed by the runner's own contract."""
+    from factory.data.preprocess import to_model_input_numpy
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return runner(to_model_input_numpy(images, runner.contract))
+
+    return embed
+
+
+def _existing(path: str | os.PathLike[str], expected: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; expected {expected} here")
+    if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(f"{path.with_suffix('.bin')}: the weights of {path.name} are missing")
+    return path
