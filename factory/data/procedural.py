@@ -1,0 +1,763 @@
+"""The built-in procedural face world: aligned 112×112 cartoon faces of several demographic groups, no real data.
+
+It offers the interface of a StyleGAN2-ADA generator, so everything written for one (SynthDistill's re-sampling in
+W included) runs on it:
+
+- ``mapping(z, group) -> w``: an identity latent becomes the identity's attributes in renderer units (face shape,
+  eyes, brows, nose, mouth, skin/hair/iris colour, hair style, marks, and the capture conditions the person is
+  photographed in). The group sets the mean and spread of every attribute (a YAML taxonomy, :func:`load_taxonomy`);
+  a fixed random orthonormal projection mixes ``z`` so no single ``z`` coordinate is one attribute.
+- ``synthesis(w, generator) -> uint8 images``: renders the identity with nuisances drawn from ``generator``, like
+  StyleGAN's per-layer noise: pose jitter, expression, lighting, colour cast, defocus, background and sensor noise.
+
+Rendering is vectorised over the batch in the canonical (un-posed) frame, where most shapes are separable in x and y,
+so a mask costs one broadcast op; colours are composited with one batched matmul; the pose is applied at the end
+with one ``grid_sample``. Defocus is rendered as per-image edge softness rather than a convolution (convolutions on
+CPU cost more than the whole face). Landmarks sit on the arcface 5-point template up to identity and pose jitter.
+
+Batches are pure functions of ``(seed, split, step)`` through :func:`stable_seed`, so training resumes exactly and
+different splits (teacher, distill, calibration, benchmark) never share an identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+
+from factory.models.contract import ARCFACE_TEMPLATE
+
+DEFAULT_TAXONOMY = Path(__file__).parent / "worlds" / "procedural.yaml"
+RESOLUTION = 112
+Z_DIM = 64
+
+# Identity features: name -> (fallback mean, fallback std, lowest, highest). The fallback mean/std also define the
+# units of w (w = (value - mean) / std), so w is "typical identity deviations", whatever the taxonomy says.
+FEATURES: dict[str, tuple[float, float, float, float]] = {
+    "face_width": (37.0, 1.8, 30.0, 44.0),  # half-width of the face ellipse
+    "face_height": (49.0, 2.0, 42.0, 56.0),  # half-height
+    "face_centre_y": (58.0, 1.2, 54.0, 62.0),
+    "jaw": (0.30, 0.10, 0.0, 0.6),  # narrowing of the face towards the chin (fraction of the width)
+    "ear_size": (7.0, 1.0, 4.0, 10.0),
+    "eye_width": (5.6, 0.5, 4.0, 7.5),  # half-width of the eye opening
+    "eye_aspect": (0.50, 0.07, 0.25, 0.8),  # opening height / half-width
+    "eye_spacing": (0.0, 0.8, -2.5, 2.5),  # offset of each eye from the template, outwards
+    "eye_height": (0.0, 0.7, -2.0, 2.0),
+    "eye_tilt": (0.0, 0.07, -0.25, 0.25),  # slope, outer corner up
+    "iris_size": (0.58, 0.05, 0.4, 0.75),  # iris radius / eye half-width
+    "brow_height": (9.0, 1.2, 5.5, 13.0),  # above the eye centre
+    "brow_thickness": (2.3, 0.5, 1.0, 4.5),
+    "brow_length": (1.25, 0.15, 0.8, 1.7),  # half-length / eye half-width
+    "brow_arch": (1.5, 0.7, -0.5, 3.5),
+    "brow_tilt": (0.0, 0.08, -0.3, 0.3),
+    "nose_width": (5.5, 0.8, 3.5, 8.5),  # nostril half-spacing
+    "nose_length": (15.0, 2.0, 9.0, 21.0),  # bridge length above the tip
+    "nose_tip": (0.0, 1.0, -3.0, 3.0),
+    "nostril_size": (1.0, 0.15, 0.6, 1.5),
+    "mouth_width": (14.0, 1.3, 10.0, 18.0),  # half-width
+    "mouth_height": (0.0, 1.0, -3.0, 3.0),
+    "lip_upper": (2.2, 0.5, 0.8, 4.5),
+    "lip_lower": (3.0, 0.6, 1.0, 5.5),
+    "smile": (0.0, 0.7, -2.0, 2.0),  # resting mouth-corner lift
+    "lip_tint": (0.0, 1.0, -2.5, 2.5),  # redder (+) or browner (-) lips
+    "hairline": (24.0, 3.5, 8.0, 34.0),  # y of the front hairline at the centre; near the top = bald
+    "hair_volume": (5.0, 2.0, 0.0, 12.0),
+    "hair_length": (50.0, 14.0, 30.0, 112.0),  # y where side hair ends
+    "hair_droop": (8.0, 3.0, 0.0, 20.0),  # how far the hairline falls towards the temples
+    "fringe": (0.0, 1.0, -2.0, 2.0),  # wavy bangs (amplitude)
+    "parting": (0.0, 1.0, -2.5, 2.5),  # asymmetric hairline
+    "beard": (-1.2, 0.8, -3.0, 1.5),  # density = max(beard, 0)
+    "freckles": (-1.0, 0.8, -3.0, 1.5),  # density = max(freckles, 0)
+    "blush": (0.12, 0.06, 0.0, 0.4),
+    "mole_size": (-0.6, 1.0, -3.0, 2.0),  # radius = 1.2 * max(mole_size, 0)
+    "mole_x": (0.0, 14.0, -28.0, 28.0),
+    "mole_y": (78.0, 10.0, 60.0, 100.0),
+}
+COLOURS = ("skin", "hair", "iris")
+COLOUR_AXES = ("lightness", "warmth", "tint")
+# rgb = mean + lightness * (1, 1, 1) + warmth * (1, 0, -1) + tint * (-1/2, 1, -1/2)
+_COLOUR_BASIS = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [-0.5, 1.0, -0.5]])
+_COLOUR_UNIT = 30.0
+NUISANCES = ("pose", "expression", "lighting", "colour_cast", "blur", "background", "noise")
+_NUISANCE_UNIT = 0.5
+W_NAMES: tuple[str, ...] = (
+    *FEATURES,
+    *(f"{c}_{a}" for c in COLOURS for a in COLOUR_AXES),
+    *(f"capture_{n}" for n in NUISANCES),
+)
+_W_INDEX = {name: i for i, name in enumerate(W_NAMES)}
+
+_EYE_Y = (ARCFACE_TEMPLATE[0][1] + ARCFACE_TEMPLATE[1][1]) / 2
+_EYE_DX = (ARCFACE_TEMPLATE[1][0] - ARCFACE_TEMPLATE[0][0]) / 2
+_NOSE_Y = ARCFACE_TEMPLATE[2][1]
+_MOUTH_Y = (ARCFACE_TEMPLATE[3][1] + ARCFACE_TEMPLATE[4][1]) / 2
+_MIN_SLOPE_COS = 0.35
+_CHUNK = 32  # images rendered at once (see synthesis)
+_CENTRE_X = (ARCFACE_TEMPLATE[0][0] + ARCFACE_TEMPLATE[1][0]) / 2
+# Rows where the small features can land (identity offsets, expression); they are rendered on these bands only.
+_POSE_X, _POSE_Y = _CENTRE_X, (_EYE_Y + _MOUTH_Y) / 2  # centre of rotation and scale
+_EYE_ROWS = (22, 68)
+_NOSE_ROWS = (46, 86)
+_CHEEK_ROWS = (50, 90)
+_MOLE_ROWS = (50, 110)
+_MOUTH_ROWS = (72, 112)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Taxonomy
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColourSpec:
+    """Distribution of one colour over a group's identities (0..255 RGB units)."""
+
+    mean_rgb: tuple[float, float, float]
+    lightness_std: float
+    warmth_std: float
+    tint_std: float
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One demographic group of the procedural world: how its identities look, vary and are photographed.
+
+    Attributes:
+        name: neutral group name (used in benchmark files, keys and reports).
+        colours: skin/hair/iris colour distributions.
+        features: ``name -> (mean, std)`` per identity feature (see :data:`FEATURES`).
+        identity_spread: multiplies every identity standard deviation (< 1: identities look more alike).
+        nuisance: multipliers of the base nuisance strengths (see :data:`NUISANCES`).
+        nuisance_spread: per-identity standard deviation of those multipliers.
+    """
+
+    name: str
+    colours: Mapping[str, ColourSpec] = field(hash=False)
+    features: Mapping[str, tuple[float, float]] = field(hash=False)
+    identity_spread: float = 1.0
+    nuisance: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(NUISANCES, 1.0), hash=False)
+    nuisance_spread: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form (for provenance records)."""
+        return {
+            "name": self.name,
+            "identity_spread": self.identity_spread,
+            "nuisance_spread": self.nuisance_spread,
+            "colours": {
+                k: {
+                    "mean_rgb": list(c.mean_rgb),
+                    "lightness_std": c.lightness_std,
+                    "warmth_std": c.warmth_std,
+                    "tint_std": c.tint_std,
+                }
+                for k, c in self.colours.items()
+            },
+            "features": {k: list(v) for k, v in self.features.items()},
+            "nuisance": dict(self.nuisance),
+        }
+
+
+class TaxonomyError(ValueError):
+    """A taxonomy file that cannot be used; the message names the file and the dotted key."""
+
+
+def _number(value: Any, where: str, path: Path, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TaxonomyError(f"{path}: {where}: expected a number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise TaxonomyError(f"{path}: {where}: must be >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _mapping(value: Any, where: str, path: Path, allowed: tuple[str, ...] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TaxonomyError(f"{path}: {where}: expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                raise TaxonomyError(f"{path}: {where}.{key}: unknown key (expected one of {', '.join(allowed)})")
+    return value
+
+
+_SECTION_KEYS = ("identity_spread", "nuisance_spread", "colours", "features", "nuisance")
+_COLOUR_KEYS = ("mean_rgb", "lightness_std", "warmth_std", "tint_std")
+
+
+def _merge_section(base: dict[str, Any], raw: Any, where: str, path: Path) -> dict[str, Any]:
+    """``base`` updated with one validated ``defaults`` or group block (group values win key by key)."""
+    raw = _mapping(raw, where, path, _SECTION_KEYS + (("name",) if where.startswith("groups") else ()))
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key in ("identity_spread", "nuisance_spread"):
+        if key in raw:
+            out[key] = _number(raw[key], f"{where}.{key}", path, minimum=0.0)
+    colours = _mapping(raw.get("colours"), f"{where}.colours", path, COLOURS)
+    for name, spec in colours.items():
+        at = f"{where}.colours.{name}"
+        spec = _mapping(spec, at, path, _COLOUR_KEYS)
+        merged = dict(out["colours"].get(name, {}))
+        for key, value in spec.items():
+            if key == "mean_rgb":
+                if not isinstance(value, list) or len(value) != 3:
+                    raise TaxonomyError(f"{path}: {at}.mean_rgb: expected [r, g, b], got {value!r}")
+                merged[key] = tuple(_number(v, f"{at}.mean_rgb", path, minimum=0.0) for v in value)
+            else:
+                merged[key] = _number(value, f"{at}.{key}", path, minimum=0.0)
+        out["colours"][name] = merged
+    for name, value in _mapping(raw.get("features"), f"{where}.features", path, tuple(FEATURES)).items():
+        at = f"{where}.features.{name}"
+        if not isinstance(value, list) or len(value) != 2:
+            raise TaxonomyError(f"{path}: {at}: expected [mean, std], got {value!r}")
+        out["features"][name] = (_number(value[0], at, path), _number(value[1], at, path, minimum=0.0))
+    for name, value in _mapping(raw.get("nuisance"), f"{where}.nuisance", path, NUISANCES).items():
+        out["nuisance"][name] = _number(value, f"{where}.nuisance.{name}", path, minimum=0.0)
+    return out
+
+
+def load_taxonomy(path: str | Path | None = None) -> list[GroupSpec]:
+    """Read a group taxonomy (default: the built-in ``factory/data/worlds/procedural.yaml``).
+
+    The file has a ``defaults`` block and a ``groups`` list; each group overrides any subset of the defaults, and
+    any feature left out everywhere falls back to the renderer's own (:data:`FEATURES`).
+
+    Args:
+        path: YAML file; ``None`` for the built-in taxonomy.
+
+    Returns:
+        The groups, in file order (this order is the group index used everywhere).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        TaxonomyError: invalid YAML or an unknown/ill-typed key; the message names the file and the dotted key.
+    """
+    path = Path(path) if path is not None else DEFAULT_TAXONOMY
+    if not path.is_file():
+        raise FileNotFoundError(f"taxonomy file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise TaxonomyError(f"{path}: not valid YAML: {err}") from err
+    doc = _mapping(doc, "(top level)", path, ("defaults", "groups"))
+    base: dict[str, Any] = {
+        "identity_spread": 1.0,
+        "nuisance_spread": 0.1,
+        "colours": {},
+        "features": {k: (v[0], v[1]) for k, v in FEATURES.items()},
+        "nuisance": dict.fromkeys(NUISANCES, 1.0),
+    }
+    base = _merge_section(base, doc.get("defaults"), "defaults", path)
+    groups_raw = doc.get("groups")
+    if not isinstance(groups_raw, list) or not groups_raw:
+        raise TaxonomyError(f"{path}: groups: expected a non-empty list of groups")
+    groups: list[GroupSpec] = []
+    for i, raw in enumerate(groups_raw):
+        where = f"groups[{i}]"
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TaxonomyError(f"{path}: {where}.name: expected an identifier-like string, got {name!r}")
+        if any(g.name == name for g in groups):
+            raise TaxonomyError(f"{path}: {where}.name: duplicate group name {name!r}")
+        merged = _merge_section(base, raw, where, path)
+        colours = {}
+        for colour in COLOURS:
+            spec = merged["colours"].get(colour, {})
+            missing = [k for k in _COLOUR_KEYS if k not in spec]
+            if missing:
+                raise TaxonomyError(f"{path}: {where}.colours.{colour}: missing {', '.join(missing)}")
+            colours[colour] = ColourSpec(**spec)
+        groups.append(
+            GroupSpec(
+                name=name,
+                colours=colours,
+                features=merged["features"],
+                identity_spread=merged["identity_spread"],
+                nuisance=merged["nuisance"],
+                nuisance_spread=merged["nuisance_spread"],
+            )
+        )
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Seeds
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` that is the same in every process (unlike ``hash()``, which is salted)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def make_generator(*parts: object) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`stable_seed` of ``parts``."""
+    return torch.Generator().manual_seed(stable_seed(*parts))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The world
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _ellipse_rows(v: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row description of an ellipse with half-axes ``a`` (x) and ``b`` (y) for :func:`_row_mask`.
+
+    ``v`` is ``(y - centre_y) / b`` per row. Returns ``(d, k)`` such that a point at horizontal distance ``t`` from
+    the axis lies ``d - k * t`` pixels inside the outline, to first order: ``k`` (the cosine of the outline's slope)
+    makes edges equally soft all round. It is floored so that the linearisation cannot leak coverage along whole
+    rows near the top and bottom; rows beyond them get ``d`` = minus the vertical gap.
+    """
+    s2 = (1.0 - v.square()).clamp(min=0.0)
+    s = s2.sqrt()
+    den = torch.sqrt(b.square() * s2 + a.square() * v.square()).clamp(min=1e-6)
+    k = (b * s / den).clamp(min=_MIN_SLOPE_COS)
+    d = torch.where(s2 > 0, k * a * s, -b * (v.abs() - 1.0))
+    return d, k
+
+
+def _row_mask(t: Tensor, d: Tensor, k: Tensor, inv_w: Tensor) -> Tensor:
+    """Coverage of a shape given per row (``d``, ``k`` ``N×H×1``) at row distances ``t`` (``N×1×W``) from its axis.
+
+    One broadcast product and two in-place ops for the whole batch; ``inv_w`` (``N×1×1``) is 1 / the edge width in
+    pixels, so a larger width renders the image out of focus.
+    """
+    # Broadcasting addcmul is several times slower than a broadcast mul plus in-place add on CPU.
+    return (t * (-k * inv_w)).add_(d * inv_w + 0.5).clamp_(0.0, 1.0)
+
+
+def _col_mask(y: Tensor, centre: Tensor, half: Tensor, inv_w: Tensor) -> Tensor:
+    """Coverage of a band ``|y - centre(x)| < half(x)`` (``centre``, ``half`` ``N×1×W``; ``half`` < 0: empty)."""
+    return (y - centre).abs_().mul_(-inv_w).add_(half * inv_w + 0.5).clamp_(0.0, 1.0)
+
+
+def _signed_sqrt(q: Tensor) -> Tensor:
+    """A rounded profile ``sqrt(q)`` where ``q`` >= 0 that drops steeply below zero beyond the shape's ends.
+
+    Used as the half-height of column masks, so outside its horizontal extent a shape leaves no trace.
+    """
+    return torch.where(q >= 0, q.clamp(min=0.0).sqrt(), q * 16.0)
+
+
+class ProceduralFaceWorld:
+    """Generator of aligned 112×112 RGB cartoon faces with a StyleGAN-like ``mapping``/``synthesis`` interface.
+
+    Attributes:
+        z_dim: size of the identity latent ``z``.
+        w_dim: size of ``w`` (one coordinate per attribute, named in :data:`W_NAMES`).
+        resolution: image side (112).
+        groups: the group taxonomy.
+        group_names: group names, index = group id.
+        seed: seed of the world's own fixed random parameters.
+    """
+
+    resolution: int = RESOLUTION
+
+    def __init__(self, groups: list[GroupSpec] | None = None, seed: int = 0) -> None:
+        """Build the world from a taxonomy (default: the built-in one); ``seed`` fixes its random parameters."""
+        self.groups = list(groups) if groups is not None else load_taxonomy()
+        if not self.groups:
+            raise ValueError("the procedural world needs at least one group")
+        self.group_names = [g.name for g in self.groups]
+        if len(set(self.group_names)) != len(self.group_names):
+            raise ValueError(f"duplicate group names in {self.group_names}")
+        self.seed = seed
+        self.z_dim = Z_DIM
+        self.w_dim = len(W_NAMES)
+        gen = make_generator("procedural-world", seed)
+        # Orthonormal rows: P @ z ~ N(0, I) in w, every attribute a mix of all z coordinates.
+        q, _ = torch.linalg.qr(torch.randn(self.z_dim, self.w_dim, generator=gen, dtype=torch.float64))
+        self._projection = q.T.float().contiguous()  # (w_dim, z_dim)
+        # Sensor-noise tiles and a freckle pattern: drawing fresh per-pixel noise costs more than rendering a face.
+        self._noise_bank = (torch.randn(256, RESOLUTION, RESOLUTION, generator=gen) * 32).clamp_(-127, 127)
+        self._noise_bank = self._noise_bank.to(torch.int8)
+        dots = (torch.rand(RESOLUTION, RESOLUTION, generator=gen) > 0.93).float()
+        self._freckles = F.avg_pool2d(dots[None, None], 3, stride=1, padding=1)[0, 0] * 3.0
+        self._mean, self._std = self._group_tables()
+        self._centre = torch.tensor([v[0] for v in FEATURES.values()])
+        self._unit = torch.tensor([v[1] for v in FEATURES.values()])
+        self._lo = torch.tensor([v[2] for v in FEATURES.values()])
+        self._hi = torch.tensor([v[3] for v in FEATURES.values()])
+        self._xs = torch.arange(RESOLUTION, dtype=torch.float32)
+
+    def _group_tables(self) -> tuple[Tensor, Tensor]:
+        """Per-group mean and standard deviation of every w coordinate, in w units."""
+        mean = torch.zeros(len(self.groups), self.w_dim)
+        std = torch.zeros(len(self.groups), self.w_dim)
+        inverse = torch.linalg.inv(_COLOUR_BASIS.T.double()).float()  # rgb -> (lightness, warmth, tint)
+        for g, spec in enumerate(self.groups):
+            for name, (centre, unit, _, _) in FEATURES.items():
+                m, s = spec.features[name]
+                mean[g, _W_INDEX[name]] = (m - centre) / unit
+                std[g, _W_INDEX[name]] = s * spec.identity_spread / unit
+            for colour in COLOURS:
+                c = spec.colours[colour]
+                axes = inverse @ torch.tensor(c.mean_rgb)
+                stds = (c.lightness_std, c.warmth_std, c.tint_std)
+                for k, axis in enumerate(COLOUR_AXES):
+                    i = _W_INDEX[f"{colour}_{axis}"]
+                    mean[g, i] = axes[k] / _COLOUR_UNIT
+                    std[g, i] = stds[k] * spec.identity_spread / _COLOUR_UNIT
+            for name in NUISANCES:
+                i = _W_INDEX[f"capture_{name}"]
+                mean[g, i] = (spec.nuisance[name] - 1.0) / _NUISANCE_UNIT
+                std[g, i] = spec.nuisance_spread * spec.nuisance[name] / _NUISANCE_UNIT
+        return mean, std
+
+    # -- StyleGAN-like interface ---------------------------------------------------------------------------------
+
+    def sample_z(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` identity latents ``N×z_dim`` ~ N(0, I)."""
+        return torch.randn(n, self.z_dim, generator=generator)
+
+    def mapping(self, z: Tensor, group: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        """Identity latents ``N×z_dim`` of groups ``N`` → ``w`` ``N×w_dim`` (attributes in renderer units).
+
+        ``truncation_psi`` < 1 pulls identities towards their group's mean, as StyleGAN's truncation does.
+        """
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must be N×{self.z_dim}, got {tuple(z.shape)}")
+        group = torch.as_tensor(group, dtype=torch.long)
+        if group.shape != (z.shape[0],):
+            raise ValueError(f"group must have shape ({z.shape[0]},), got {tuple(group.shape)}")
+        if len(group) and (group.min() < 0 or group.max() >= len(self.groups)):
+            raise ValueError(f"group ids must be in [0, {len(self.groups)}), got {group.tolist()}")
+        unit = z.float() @ self._projection.T
+        return self._mean[group] + truncation_psi * self._std[group] * unit
+
+    def attributes(self, w: Tensor) -> dict[str, Tensor]:
+        """Decode ``w`` into named attributes in natural units (pixels, 0..255 colours, multipliers), clamped."""
+        n_feat = len(FEATURES)
+        feats = (self._centre + self._unit * w[:, :n_feat]).clamp(self._lo, self._hi)
+        out = {name: feats[:, i] for i, name in enumerate(FEATURES)}
+        for colour in COLOURS:
+            i = _W_INDEX[f"{colour}_{COLOUR_AXES[0]}"]
+            rgb = (w[:, i : i + 3] * _COLOUR_UNIT) @ _COLOUR_BASIS
+            out[colour] = rgb.clamp(0.0, 255.0)
+        for name in NUISANCES:
+            out[f"capture_{name}"] = (1.0 + _NUISANCE_UNIT * w[:, _W_INDEX[f"capture_{name}"]]).clamp(0.0, 4.0)
+        return out
+
+    def synthesis(self, w: Tensor, generator: torch.Generator | None = None, nuisance: float = 1.0) -> Tensor:
+        """Render identities ``w`` (``N×w_dim``) as uint8 RGB images ``N×3×112×112``.
+
+        Args:
+            w: identity codes from :meth:`mapping` (or perturbations of them).
+            generator: source of the nuisances (pose, expression, lighting, ...); ``None`` uses torch's global RNG.
+            nuisance: global nuisance strength; 0 renders every identity in its canonical, frontal, clean form.
+        """
+        if w.ndim != 2 or w.shape[1] != self.w_dim:
+            raise ValueError(f"w must be N×{self.w_dim}, got {tuple(w.shape)}")
+        n = w.shape[0]
+        if n == 0:
+            return torch.zeros(0, 3, RESOLUTION, RESOLUTION, dtype=torch.uint8)
+        a = self.attributes(w.float())
+        normal = torch.randn(n, 16, generator=generator)
+        uniform = torch.rand(n, 12, generator=generator)
+        tile = torch.randint(0, self._noise_bank.shape[0], (n,), generator=generator)
+        s = {k: a[f"capture_{k}"] * nuisance for k in NUISANCES}
+        sigma = (normal[:, 15].abs() * 3.0 * s["noise"]).view(n, 1, 1, 1) / 32.0
+        out = torch.empty(n, 3, RESOLUTION, RESOLUTION, dtype=torch.uint8)
+        # Chunks of a few dozen images keep temporaries small enough for the allocator to reuse them; fresh
+        # multi-megabyte buffers cost more in page faults than the arithmetic. All draws were made above, so the
+        # images do not depend on the chunk size.
+        for i in range(0, n, _CHUNK):
+            part = slice(i, i + _CHUNK)
+            image = self._render(
+                {k: v[part] for k, v in a.items()}, {k: v[part] for k, v in s.items()}, normal[part], uniform[part]
+            )
+            # +0.5 rounds on the truncating cast below.
+            image.add_(self._noise_bank[tile[part]].unsqueeze(1).float().mul_(sigma[part]).add_(0.5))
+            out[part] = image.clamp_(0.0, 255.0)
+        return out
+
+    # -- rendering -----------------------------------------------------------------------------------------------
+
+    def _render(self, a: dict[str, Tensor], s: dict[str, Tensor], normal: Tensor, uniform: Tensor) -> Tensor:
+        """The posed face (float 0..255, ``N×3×H×W``), before sensor noise and quantisation.
+
+        Shapes are column-interval masks (:func:`_col_mask`), each one broadcast op over the batch, except the head
+        and hair outline (:func:`_row_mask`). The pose is applied to coordinates, not pixels: translation and scale
+        per image are free, and the small in-plane rotation is a shear to first order (horizontal for the outline,
+        vertical for the column masks), so no resampling pass is needed. Colour layers are painted with in-place
+        ``lerp``; shading (relief, nose, freckles, mole, hair streaks, light) is gathered in one grey map.
+        """
+        n, size = normal.shape[0], RESOLUTION
+        px = self._xs.view(1, 1, size)  # image x along a row
+        py = self._xs.view(1, size, 1)  # image y down a column
+
+        def per(t: Tensor) -> Tensor:  # one value per image, broadcastable over (N, H, W)
+            return t.view(n, 1, 1)
+
+        # Nuisances (columns of `normal`/`uniform` have fixed roles).
+        yaw = normal[:, 0] * 2.0 * s["pose"]
+        smile = per(a["smile"] + normal[:, 1] * 0.8 * s["expression"])
+        mouth_open = per((normal[:, 2] * 2.0 * s["expression"] - 1.0).clamp(min=0.0))
+        blink = (uniform[:, 0] < 0.04 * s["expression"]).float()
+        openness = per(((1.0 + normal[:, 3] * 0.12 * s["expression"]) * (1.0 - 0.85 * blink)).clamp(0.1, 1.4))
+        brow_raise = normal[:, 4] * 0.9 * s["expression"]
+        gaze = per(normal[:, 5] * 0.6 * s["expression"])
+        light_angle = uniform[:, 1] * 2 * math.pi
+        light_strength = per(normal[:, 6].abs() * 0.25 * s["lighting"])
+        brightness = per(torch.exp(normal[:, 7] * 0.15 * s["lighting"]))
+        cast = torch.exp(normal[:, 8:11] * 0.06 * s["colour_cast"].view(n, 1))  # (N, 3) channel gains
+        inv_w = per(1.0 / (1.0 + uniform[:, 2] * 2.5 * s["blur"]))  # defocus = softer edges
+        theta = per((normal[:, 9] * math.radians(3.5) * s["pose"]).clamp(-0.2, 0.2))
+        scale = per(torch.exp((normal[:, 10] * 0.035 * s["pose"]).clamp(-0.15, 0.15)))
+        shift_x = per((normal[:, 11] * 1.3 * s["pose"]).clamp(-5.0, 5.0))
+        shift_y = per((normal[:, 13] * 1.3 * s["pose"]).clamp(-5.0, 5.0))
+        bg_a = 25.0 + 210.0 * uniform[:, 3:6]
+        bg_b = bg_a * (0.55 + 0.9 * uniform[:, 6:7])
+        bg_tex = per(uniform[:, 7] * 0.35 * s["background"])
+        bg_grad = per(uniform[:, 8] * 1.2 * s["background"])
+
+        # Canonical coordinates of every pixel: x' along rows, y' down columns (relative to the pose centre).
+        xr = (px - _POSE_X - shift_x) / scale  # (N,1,W)
+        yr = (py - _POSE_Y - shift_y) / scale  # (N,H,1)
+        cy_ = _POSE_Y + yr  # canonical y of each row, before the rotation's vertical shear
+        tilt = theta * xr  # a column mask's centre moves down by this (vertical shear)
+
+        def across(height: Tensor | float, centre: Tensor) -> Tensor:
+            """Canonical x (minus ``centre``) along rows of a feature at canonical ``height`` (horizontal shear)."""
+            return xr + theta * (height - _POSE_Y) + (_POSE_X - centre)
+
+        def paint(image: Tensor, rows: tuple[int, int] | None, alpha: Tensor, rgb: Tensor) -> None:
+            target = image if rows is None else image[:, :, rows[0] : rows[1]]
+            target.lerp_((rgb * cast).view(n, 3, 1, 1), alpha.unsqueeze(1))
+
+        # Background (image coordinates): two colours blended along a gradient, with a soft pattern.
+        t = (bg_tex * torch.sin(px * per(0.08 + 0.3 * uniform[:, 9]) + per(uniform[:, 10] * 6.3))) * torch.sin(
+            py * per(0.08 + 0.3 * uniform[:, 11]) + per(normal[:, 12])
+        )
+        t.add_(bg_grad * torch.cos(per(light_angle + 1.0)) * (px - size / 2) / size + 0.5)
+        t.add_(bg_grad * torch.sin(per(light_angle + 1.0)) * (py - size / 2) / size).clamp_(0.0, 1.0)
+        ca = (bg_a * cast).view(n, 3, 1, 1)
+        image = (((bg_b * cast).view(n, 3, 1, 1) - ca) * t.unsqueeze(1)).add_(ca)
+
+        # Features follow the yaw a little, the outline moves the other way (alignment is on the features).
+        cx_face = per(_CENTRE_X - 0.8 * yaw)
+        cx_feat = per(_CENTRE_X + 0.5 * yaw)
+
+        # Head: an ellipse narrowing towards the chin; ears and neck behind it.
+        cy, fa, fb = per(a["face_centre_y"]), per(a["face_width"]), per(a["face_height"])
+        t_face = (xr + (_POSE_X - cx_face)).add(theta * yr).abs_()  # (N,H,W): sheared distance from the face axis
+        v = (cy_ - cy) / fb
+        head = _row_mask(t_face, *_ellipse_rows(v, fa * (1.0 - per(a["jaw"]) * v.clamp(min=0.0).square()), fb), inv_w)
+        ear_y, ear_w, ear_h = _EYE_Y + 12.0, per(a["ear_size"] * 0.6), per(a["ear_size"])
+        ear_u = across(ear_y, cx_face).abs_().sub_(fa * 0.97)
+        ears = _col_mask(cy_, ear_y + tilt, ear_h * _signed_sqrt(1.0 - (ear_u / ear_w).square()), inv_w)
+        neck = ((fa * 0.62 - t_face) * inv_w + 0.5).clamp_(0.0, 1.0).mul_(((cy_ - cy - 0.3 * fb) * 0.3).clamp(0, 1))
+        skin = torch.maximum(torch.maximum(head, ears, out=ears), neck, out=neck)
+
+        # Hair: a cap around the head (straight sides below its centre) kept above the hairline or outside the
+        # face, down to the hair length.
+        ha, hb = fa + per(a["hair_volume"] * 0.6 + 1.5), fb + per(a["hair_volume"])
+        hair = _row_mask(t_face, *_ellipse_rows(((cy_ - cy) / hb).clamp(max=0.0), ha, hb), inv_w)
+        u = across(per(a["hairline"]), cx_face)
+        hairline = (
+            per(a["hairline"])
+            + per(a["hair_droop"] * 2.0) * (u / fa).square()
+            + per(a["parting"] * 0.12) * u
+            + per(a["fringe"] * 1.5) * torch.sin(u * 0.55)
+            + tilt
+        )
+        above = (cy_ * -inv_w).add(hairline * inv_w + 0.5).clamp_(0.0, 1.0)
+        hair.mul_(((per(a["hair_length"]) - cy_) * 0.5 + 0.5).clamp(0.0, 1.0))
+        hair.mul_(torch.maximum(above, 1.0 - head, out=above))
+
+        # Grey shading: relief towards the face edge, ears and neck in shadow, hair streaks.
+        edge = (t_face / fa).square_().square_().add_(v.square().square())
+        shade = edge.mul_(-0.22).add_(0.18).mul_(head).add_(1.0).sub_(skin, alpha=0.18)
+        streak = per(0.03 + 0.03 * uniform[:, 9]) * (1.0 + torch.sin(u * per(0.5 + 0.4 * uniform[:, 11])))
+        shade.sub_(hair * streak)
+
+        # Cheeks: blush and freckles; a mole anywhere on the lower face.
+        r0, r1 = _CHEEK_ROWS
+        u = across(_EYE_Y + 17.0, cx_feat)
+        cheek_x = torch.exp(-((u.abs() - 17.0) / 6.5).square())
+        cheek_y = torch.exp(-((cy_[:, r0:r1] - (_EYE_Y + 17.0)) / 6.0).square())
+        blush = (cheek_x * per(a["blush"])) * cheek_y * head[:, r0:r1]
+        freckles = (cheek_x * per(a["freckles"].clamp(min=0.0) * 0.45)) * cheek_y
+        shade[:, r0:r1].sub_(freckles.mul_(self._freckles[r0:r1]))
+        r0, r1 = _MOLE_ROWS
+        mole_r = per(a["mole_size"].clamp(min=0.0) * 1.2)
+        u = across(per(a["mole_y"]), cx_feat + per(a["mole_x"]))
+        half = torch.where(mole_r > 0, mole_r * _signed_sqrt(1.0 - (u / mole_r.clamp(min=0.1)).square()), -5.0)
+        mole = _col_mask(cy_[:, r0:r1], per(a["mole_y"]) + tilt, half, inv_w)
+        shade[:, r0:r1].sub_(mole.mul_(head[:, r0:r1]), alpha=0.6)
+
+        # Skin, blush, then hair (beard included) over it.
+        paint(image, None, skin, a["skin"])
+        paint(image, _CHEEK_ROWS, blush, torch.tensor([215.0, 95.0, 100.0]).expand(n, 3))
+        r0 = _MOUTH_ROWS[0]
+        beard_rows = ((cy_[:, r0:] - per(a["mouth_height"] + _MOUTH_Y - 11.0)) * 0.4).clamp(0.0, 1.0)
+        beard = head[:, r0:] * (beard_rows * per(a["beard"].clamp(min=0.0) * 0.65))
+        torch.maximum(hair[:, r0:], beard, out=hair[:, r0:])
+        paint(image, None, hair, a["hair"])
+
+        # Nose: shading only (nostrils, the sides of the bridge, the wings).
+        r0, r1 = _NOSE_ROWS
+        yb = cy_[:, r0:r1]
+        tip = per(_NOSE_Y + a["nose_tip"])
+        ns, nw = per(a["nostril_size"]), per(a["nose_width"])
+        au = across(tip, cx_feat).abs_()
+        nu = (au - nw * 0.6) / (1.8 * ns)
+        nostrils = _col_mask(yb, tip + 2.0 + tilt, 1.1 * ns * _signed_sqrt(1.0 - nu.square()), inv_w)
+        band = shade[:, r0:r1]
+        band.sub_(nostrils, alpha=0.5)
+        bridge = (1.0 - (au - nw * 0.4).abs() / 1.4).clamp(min=0.0)
+        along = ((yb - (tip - per(a["nose_length"]))) / per(a["nose_length"])).clamp(0.0, 1.0).square()
+        band.sub_(bridge * along, alpha=0.07)
+        wing = (1.0 - (au - nw * 0.95).abs() / 1.3).clamp(min=0.0)
+        band.sub_(wing * (1.0 - ((yb - tip) / 3.0).abs()).clamp(min=0.0), alpha=0.16)
+        under = torch.exp(-(au / nw).square()) * torch.exp(-((yb - tip - 3.5) / 1.8).square())
+        band.sub_(under, alpha=0.1)
+
+        # Eyes and brows, mirrored about the face's vertical axis.
+        r0, r1 = _EYE_ROWS
+        yb = cy_[:, r0:r1]
+        eye_y = per(_EYE_Y + a["eye_height"])
+        er = per(a["eye_width"])
+        u = across(eye_y, cx_feat)
+        ex = u.abs() - per(_EYE_DX + a["eye_spacing"])  # outwards from the eye centre
+        lx = ex * torch.sign(u) - gaze  # to the right in the image, from the iris centre
+        prof = _signed_sqrt(1.0 - (ex / er).square())
+        opening = per(a["eye_aspect"]) * openness * er
+        upper, lower = opening * 1.1 * prof, opening * 0.8 * prof
+        centre = eye_y + tilt - per(a["eye_tilt"]) * ex + (lower - upper) / 2
+        aperture = _col_mask(yb, centre, (upper + lower) / 2, inv_w)
+        wide = _signed_sqrt(1.0 - (ex / (er + 1.2)).square())
+        lid = _col_mask(yb, centre - 0.6 * wide, (upper + lower) / 2 + 0.9 * wide, inv_w)
+        ir = per(a["iris_size"]) * er
+        iris = _col_mask(yb, eye_y + tilt, ir * _signed_sqrt(1.0 - (lx / ir).square()), inv_w).mul_(aperture)
+        pr = ir * 0.45
+        pupil = _col_mask(yb, eye_y + tilt, pr * _signed_sqrt(1.0 - (lx / pr).square()), inv_w).mul_(aperture)
+        glint_half = 0.9 * _signed_sqrt(1.0 - ((lx + 0.3 * ir) / 0.9).square())
+        glint = _col_mask(yb, eye_y + tilt - 0.35 * ir, glint_half, inv_w).mul_(aperture)
+        brow_h = per(a["eye_height"] - a["brow_height"] - brow_raise)
+        bx = across(_EYE_Y + brow_h, cx_feat).abs_() - per(_EYE_DX + a["eye_spacing"]) - 0.15 * er
+        bq = 1.0 - (bx / (er * per(a["brow_length"]))).square()
+        brow_y = _EYE_Y + brow_h + tilt - per(a["brow_arch"]) * bq.clamp(min=0.0) - per(a["brow_tilt"]) * bx
+        brow = _col_mask(yb, brow_y, per(a["brow_thickness"] * 0.5) * _signed_sqrt(bq), inv_w)
+        paint(image, _EYE_ROWS, brow.mul_(0.9), a["hair"] * 0.75)
+        paint(image, _EYE_ROWS, lid, a["hair"] * 0.45)
+        paint(image, _EYE_ROWS, aperture, torch.tensor([236.0, 234.0, 228.0]).expand(n, 3))
+        paint(image, _EYE_ROWS, iris, a["iris"])
+        paint(image, _EYE_ROWS, pupil, torch.full((n, 3), 18.0))
+        paint(image, _EYE_ROWS, glint.mul_(0.85), torch.full((n, 3), 250.0))
+
+        # Mouth: lips around a (smiling) mouth line, a dark gap when open, a thin line when closed.
+        r0, r1 = _MOUTH_ROWS
+        yb = cy_[:, r0:r1]
+        mouth_y = per(_MOUTH_Y + a["mouth_height"])
+        mu = across(mouth_y, cx_feat) / per(a["mouth_width"])
+        mprof = _signed_sqrt(1.0 - mu.square())
+        line = mouth_y + tilt - smile * (mu.square() * 2.5 - 0.8)
+        gap = mouth_open * mprof.clamp(min=0.0)
+        lip_up, lip_lo = per(a["lip_upper"]) * mprof, per(a["lip_lower"]) * mprof
+        lips = _col_mask(yb, line + (lip_lo - lip_up) / 2, gap + (lip_up + lip_lo) / 2 + 0.3 * mprof, inv_w)
+        inner = _col_mask(yb, line, gap * 0.9 + 0.3 * mprof - 0.05, inv_w)
+        lips_rgb = a["skin"] * torch.tensor([0.82, 0.58, 0.6]) + a["lip_tint"].view(n, 1) * torch.tensor(
+            [14.0, -6.0, -2.0]
+        )
+        paint(image, _MOUTH_ROWS, lips, lips_rgb.clamp(0.0, 255.0))
+        paint(image, _MOUTH_ROWS, inner.mul_(0.9), torch.tensor([70.0, 28.0, 30.0]).expand(n, 3))
+
+        # Directional light and exposure (image coordinates), folded into the grey map, applied once.
+        cos, sin = torch.cos(per(light_angle)), torch.sin(per(light_angle))
+        light = brightness * (1.0 + light_strength * cos * (px - size / 2) / (size / 2))
+        light = (light + brightness * light_strength * sin * (py - size / 2) / (size / 2)).clamp_(min=0.3)
+        return image.mul_(shade.mul_(light).unsqueeze(1))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Identity sets and batches
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IdentitySet:
+    """A fixed set of identities of one split.
+
+    Attributes:
+        z: identity latents ``N×z_dim``.
+        group: group id per identity ``N``.
+        keys: ``"<split>/<group>/<index>"`` per identity, unique within the split and across splits.
+    """
+
+    z: Tensor
+    group: Tensor
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def identity_set(world: ProceduralFaceWorld, split: str, per_group: int, seed: int) -> IdentitySet:
+    """``per_group`` identities of every group for ``split``, grouped in group order.
+
+    The latents come from a generator seeded with :func:`stable_seed` of ``(seed, split)``, so the same arguments
+    give the same identities in any process, and different split names give different identities by construction.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
+    if not split or "/" in split:
+        raise ValueError(f"split must be a non-empty name without '/', got {split!r}")
+    gen = make_generator("identities", seed, split)
+    groups = len(world.group_names)
+    z = world.sample_z(groups * per_group, gen)
+    group = torch.arange(groups).repeat_interleave(per_group)
+    keys = [f"{split}/{name}/{i:05d}" for name in world.group_names for i in range(per_group)]
+    return IdentitySet(z=z, group=group, keys=keys)
+
+
+def labelled_batch(
+    world: ProceduralFaceWorld, ids: IdentitySet, batch_size: int, step: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A training batch of labelled faces: a pure function of ``(seed, step)`` for a given identity set.
+
+    Identities are drawn uniformly with replacement; every image has its own nuisance draw, so an identity seen
+    twice looks different each time. The same step gives the same batch, so an interrupted run resumes exactly.
+
+    Returns:
+        ``(images uint8 N×3×112×112, labels N (index into ids), group N)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    gen = make_generator("labelled", seed, step)
+    labels = torch.randint(0, len(ids.keys), (batch_size,), generator=gen)
+    group = ids.group[labels]
+    images = world.synthesis(world.mapping(ids.z[labels], group), gen)
+    return images, labels, group
+
+
+def unlabelled_batch(
+    world: ProceduralFaceWorld, batch_size: int, step: int, seed: int, split: str = "distill"
+) -> dict[str, Tensor]:
+    """A batch of fresh identities (online, label-free distillation), balanced over groups.
+
+    A pure function of ``(seed, split, step)``. Groups are dealt round-robin then shuffled, so every group has
+    ``batch_size // groups`` or one more images.
+
+    Returns:
+        ``{"images": uint8 N×3×112×112, "z": N×z_dim, "w": N×w_dim, "group": N}``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    gen = make_generator("unlabelled", seed, split, step)
+    groups = len(world.group_names)
+    offset = int(torch.randint(0, groups, (1,), generator=gen))
+    group = (torch.arange(batch_size) + offset) % groups
+    group = group[torch.randperm(batch_size, generator=gen)]
+    z = world.sample_z(batch_size, gen)
+    w = world.mapping(z, group)
+    return {"images": world.synthesis(w, gen), "z": z, "w": w, "group": group}

@@ -1,0 +1,66 @@
+"""The model zoo: one registry for every backbone, and the factory that builds them with their contract attached.
+
+``create_model("tinyfar_a")`` returns an ``nn.Module`` carrying ``.contract`` (its :class:`ModelContract`),
+``.model_name`` and ``.model_overrides``, which is all a checkpoint needs to rebuild it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from factory.models.contract import ModelContract
+from factory.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+_CONTRACTS: dict[str, ModelContract] = {}
+
+
+def register_model(name: str, contract: ModelContract | None = None) -> Callable[[Callable[..., nn.Module]], Any]:
+    """Register a builder ``(**overrides) -> nn.Module`` under ``name`` with the contract its models carry."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS.register(name)(builder)
+        _CONTRACTS[name] = contract or ModelContract()
+        return builder
+
+    return add
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build a registered model; unknown names raise :class:`~factory.registry.UnknownNameError` with close matches."""
+    model = MODELS.get(name)(**overrides)
+    model.contract = _CONTRACTS[name]
+    model.model_name = name
+    model.model_overrides = dict(overrides)
+    return model
+
+
+def list_models() -> list[str]:
+    """Every registered model name, sorted."""
+    return MODELS.names()
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters, frozen ones included (as the reference counts do)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> int:
+    """FLOPs of one forward pass at batch 1, counted as 2 x multiply-accumulates (the papers' convention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, *input_size))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+# Registration happens on import of the families below.
+from factory.models import iresnet, mobilefacenet, tinyfar  # noqa: E402, F401
