@@ -47,16 +47,24 @@ def run_artifact(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
 def verify(release: Path, threads: int = 1) -> list[tuple[bool, str]]:
     """Every check as (passed, message)."""
     manifest = json.loads((release / "manifest.json").read_text())
-    checks = []
+    checks, intact = [], set()
     for name, digest in sorted(manifest["files"].items()):
         path = release / name
         ok = path.is_file() and sha256(path) == digest
         checks.append((ok, f"sha256 {name}: {'ok' if ok else 'MISMATCH or missing'}"))
+        if ok:
+            intact.add(name)
     golden = manifest["golden"]
+    if golden["input"] not in intact:
+        return checks + [(False, f"golden: not run, {golden['input']} failed its checksum")]
     x = np.load(release / golden["input"], allow_pickle=False)
     for artifact, expected in golden["embeddings"].items():
-        model_file = release / manifest["artifacts"][artifact]["files"][0]
-        got = run_artifact(model_file, x, threads)[0].astype(np.float64)
+        files = manifest["artifacts"][artifact]["files"]
+        broken = [f for f in files if f not in intact]
+        if broken:  # a tampered file is never handed to a runtime
+            checks.append((False, f"golden {artifact}: not run, {', '.join(broken)} failed its checksum"))
+            continue
+        got = run_artifact(release / files[0], x, threads)[0].astype(np.float64)
         want = np.asarray(expected, dtype=np.float64)
         cosine = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
         limit = golden["min_cosine"][artifact]

@@ -6,6 +6,7 @@ release, and a build killed in the middle of distillation resumes from its check
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     assert any(line.startswith("openvino_int8") and "INT8 drop vs FP32" in line for line in lines)
 
 
-def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[str]]) -> None:
+def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[str]], tmp_path: Path) -> None:
     release = first_build[0] / "release"
     out = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
@@ -113,7 +114,8 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("ok   golden") == 3
-    # Tampering with an artifact is caught.
+    # Tampering with an artifact is caught (on a copy: the build's own release stays intact for later tests).
+    release = Path(shutil.copytree(release, tmp_path / "copy"))
     onnx = release / "student.onnx"
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     out = subprocess.run(
@@ -121,6 +123,7 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 1 and "FAIL sha256 student.onnx" in out.stdout
+    assert "FAIL golden onnx_fp32: not run" in out.stdout and "ok   golden openvino_int8" in out.stdout
 
 
 def test_rebuild_is_cached_and_changes_rerun_only_downstream(first_build: tuple[Path, int, list[str]]) -> None:

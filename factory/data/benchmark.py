@@ -1,0 +1,154 @@
+"""Pair benchmarks (RFW-like): the images of every pair, genuine/impostor labels, groups and subjects.
+
+Layout, as insightface ``.bin`` files: pair ``k`` is images ``2k`` and ``2k+1``. Each group's pairs are contiguous
+and consist of 10 folds; each fold holds ``n/2`` genuine then ``n/2`` impostor pairs of identities no other fold uses
+(subject-disjoint folds, like RFW), so the protocol's contiguous 10-fold split is balanced and honest per group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from factory.data.procedural import ProceduralFaceWorld, identity_set, make_generator
+from factory.evaluate.verification import N_FOLDS
+from factory.files import atomic_path
+
+BENCHMARK_SPLIT = "benchmark"
+_ARRAYS = ("images", "issame", "groups", "subjects", "group_names")
+
+
+class BenchmarkFormatError(ValueError):
+    """A benchmark file that is not what :meth:`PairBenchmark.save` writes."""
+
+
+@dataclass
+class PairBenchmark:
+    """Verification pairs with their demographic group.
+
+    Attributes:
+        images: uint8 ``2P×3×112×112`` RGB; rows ``2k`` and ``2k+1`` form pair ``k``.
+        issame: bool ``P``, genuine (same identity) or impostor.
+        groups: int ``P``, index into ``group_names`` of the pair's group.
+        subjects: int ``2P``, identity of every image (for subject-level statistics).
+        group_names: group names in benchmark order.
+    """
+
+    images: np.ndarray
+    issame: np.ndarray
+    groups: np.ndarray
+    subjects: np.ndarray
+    group_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        pairs = len(self.issame)
+        if self.images.ndim != 4 or len(self.images) != 2 * pairs:
+            raise BenchmarkFormatError(f"images {self.images.shape} do not hold 2×{pairs} pair images")
+        if self.groups.shape != (pairs,) or self.subjects.shape != (2 * pairs,):
+            raise BenchmarkFormatError(
+                f"groups {self.groups.shape} / subjects {self.subjects.shape} do not match {pairs} pairs"
+            )
+        if pairs and (self.groups.min() < 0 or self.groups.max() >= len(self.group_names)):
+            raise BenchmarkFormatError(f"group indices outside 0..{len(self.group_names) - 1}")
+
+    def group_indices(self, name: str) -> np.ndarray:
+        """Indices of the pairs of group ``name``, in file order."""
+        if name not in self.group_names:
+            raise KeyError(f"no group {name!r} in benchmark (groups: {', '.join(self.group_names)})")
+        return np.flatnonzero(self.groups == self.group_names.index(name))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an uncompressed ``.npz`` atomically (images are already compact uint8; compression is slow)."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                images=self.images,
+                issame=self.issame,
+                groups=self.groups,
+                subjects=self.subjects,
+                group_names=np.array(self.group_names, dtype=str),
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PairBenchmark:
+        """Read a file written by :meth:`save`; never unpickles."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: benchmark file not found (expected a .npz written by `factory build`)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [k for k in _ARRAYS if k not in data]
+                if missing:
+                    raise BenchmarkFormatError(f"{path}: missing arrays {missing} (expected {list(_ARRAYS)})")
+                return cls(
+                    images=data["images"],
+                    issame=data["issame"].astype(bool),
+                    groups=data["groups"],
+                    subjects=data["subjects"],
+                    group_names=tuple(str(g) for g in data["group_names"]),
+                )
+        except (ValueError, OSError) as exc:
+            if isinstance(exc, BenchmarkFormatError):
+                raise
+            raise BenchmarkFormatError(f"{path}: not a readable benchmark .npz ({exc})") from exc
+
+
+def pair_layout(pairs_per_group: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Identity indices (within one group) of both images of every pair, and the genuine flags.
+
+    Each fold uses its own ``n/2`` identities: genuine pair ``j`` shows identity ``j`` twice, impostor pair ``j``
+    shows identity ``j`` and another identity of the same fold, so every identity appears in both kinds of pairs.
+    """
+    if pairs_per_group % (2 * N_FOLDS):
+        raise ValueError(f"pairs_per_group must be a multiple of {2 * N_FOLDS}, got {pairs_per_group}")
+    half = pairs_per_group // (2 * N_FOLDS)  # identities per fold, genuine pairs per fold
+    if half < 2:
+        raise ValueError(f"pairs_per_group must be at least {4 * N_FOLDS} to form impostor pairs")
+    left, right, same = [], [], []
+    for fold in range(N_FOLDS):
+        ids = fold * half + np.arange(half)
+        partner = (np.arange(half) + rng.integers(1, half, size=half)) % half
+        left += [ids, ids]
+        right += [ids, ids[partner]]
+        same += [np.ones(half, bool), np.zeros(half, bool)]
+    return np.stack([np.concatenate(left), np.concatenate(right)], axis=1), np.concatenate(same)
+
+
+def build_benchmark(
+    world: ProceduralFaceWorld,
+    pairs_per_group: int,
+    seed: int,
+    split: str = BENCHMARK_SPLIT,
+    progress: bool = False,
+    batch_size: int = 256,
+) -> PairBenchmark:
+    """Render an RFW-like benchmark of identities from ``split`` (disjoint from every training split).
+
+    Every image is its own capture (own nuisance draw), so a genuine pair is two different photos of one person.
+    """
+    rng = np.random.default_rng(seed)
+    layout, same = pair_layout(pairs_per_group, rng)
+    per_group = int(layout.max()) + 1
+    ids = identity_set(world, split, per_group=per_group, seed=seed)
+    n_groups = len(world.group_names)
+    # Identity index in ids of every image: group-major, pairs in layout order, both images of a pair adjacent.
+    offsets = np.arange(n_groups)[:, None] * per_group
+    image_ids = (layout.reshape(1, -1) + offsets).reshape(-1)
+    gen = make_generator("benchmark-images", seed, split)
+    chunks = []
+    for start in tqdm(range(0, len(image_ids), batch_size), desc="benchmark", unit="batch", disable=not progress):
+        idx = torch.from_numpy(image_ids[start : start + batch_size])
+        chunks.append(world.synthesis(world.mapping(ids.z[idx], ids.group[idx]), gen))
+    images = torch.cat(chunks).numpy()
+    return PairBenchmark(
+        images=images,
+        issame=np.tile(same, n_groups),
+        groups=np.repeat(np.arange(n_groups), pairs_per_group),
+        subjects=image_ids.astype(np.int64),
+        group_names=tuple(world.group_names),
+    )

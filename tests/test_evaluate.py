@@ -1,0 +1,198 @@
+"""Golden values for the verification protocol, the fairness summary and latency measurement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from factory.data.benchmark import PairBenchmark
+from factory.evaluate.benchmark_eval import embed_images, evaluate_embeddings
+from factory.evaluate.fairness import summarize_groups
+from factory.evaluate.latency import measure_latency
+from factory.evaluate.verification import (
+    THRESHOLDS,
+    correct_counts,
+    fold_slices,
+    fuse_flip,
+    pair_distances,
+    verify_distances,
+    verify_pairs,
+)
+
+
+def loop_protocol(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float, list[float]]:
+    """The insightface accuracy protocol written as plainly as possible, to cross-check the vectorised one."""
+    n = len(dist)
+    sizes = [n // 10 + (1 if k < n % 10 else 0) for k in range(10)]
+    starts = np.cumsum([0] + sizes)
+    accs, chosen = [], []
+    for k in range(10):
+        test = np.arange(starts[k], starts[k + 1])
+        train = np.setdiff1d(np.arange(n), test)
+        best_acc, best_t = -1.0, None
+        for t in THRESHOLDS:
+            acc = np.mean((dist[train] < t) == issame[train])
+            if acc > best_acc:  # strict: keeps the first maximum
+                best_acc, best_t = acc, t
+        accs.append(float(np.mean((dist[test] < best_t) == issame[test])))
+        chosen.append(float(best_t))
+    return float(np.mean(accs)), float(np.std(accs)), chosen
+
+
+def test_folds_have_sklearn_kfold_sizes() -> None:
+    sizes = [s.stop - s.start for s in fold_slices(25)]
+    assert sizes == [3, 3, 3, 3, 3, 2, 2, 2, 2, 2]
+    assert fold_slices(25)[0].start == 0 and fold_slices(25)[-1].stop == 25
+    with pytest.raises(ValueError, match="cannot be split"):
+        fold_slices(9)
+
+
+def test_correct_counts_use_strict_less_than() -> None:
+    dist = np.array([0.1, 0.5, 0.3, 0.7])
+    issame = np.array([True, True, False, False])
+    counts = correct_counts(dist, issame, np.array([0.0, 0.1, 0.2, 0.35, 0.6, 1.0]))
+    assert counts.tolist() == [2, 2, 3, 2, 3, 2]
+
+
+def test_perfect_separation_picks_first_threshold_above_genuine() -> None:
+    issame = np.tile([True, False], 10)
+    dist = np.where(issame, 0.5, 1.5)
+    result = verify_distances(dist, issame)
+    assert result.accuracy_mean == 1.0 and result.accuracy_std == 0.0
+    # 0.50 itself fails (0.5 < 0.5 is false); 0.51 is the first threshold that separates.
+    assert result.fold_thresholds == pytest.approx((0.51,) * 10)
+
+
+def test_hard_genuine_pair_in_one_fold() -> None:
+    # 10 folds of (genuine, impostor). Fold 0's genuine pair is far (2.0): held out it is missed at the 0.21
+    # threshold learnt on the others; every other fold learns a threshold above 2.0 and is perfect.
+    issame = np.tile([True, False], 10)
+    dist = np.where(issame, 0.2, 3.0)
+    dist[0] = 2.0
+    result = verify_distances(dist, issame)
+    assert result.fold_accuracies == pytest.approx((0.5,) + (1.0,) * 9)
+    assert result.accuracy_mean == pytest.approx(0.95)
+    assert result.accuracy_std == pytest.approx(0.15)  # population std: sqrt((0.45² + 9·0.05²) / 10)
+    assert result.fold_thresholds == pytest.approx((0.21,) + (2.01,) * 9)
+
+
+@pytest.mark.parametrize("n", [20, 203, 600])
+def test_vectorised_protocol_equals_plain_loop(n: int) -> None:
+    rng = np.random.default_rng(n)
+    issame = rng.random(n) < 0.5
+    dist = np.where(issame, rng.normal(1.0, 0.35, n), rng.normal(1.6, 0.3, n)).clip(0, 4)
+    dist = np.round(dist, 2)  # ties on the threshold grid exercise the strict < and first-maximum rules
+    mean, std, chosen = loop_protocol(dist, issame)
+    result = verify_distances(dist, issame)
+    assert result.accuracy_mean == pytest.approx(mean, abs=1e-12)
+    assert result.accuracy_std == pytest.approx(std, abs=1e-12)
+    assert result.fold_thresholds == pytest.approx(tuple(chosen))
+
+
+def test_pair_embeddings_are_normalised_and_flip_fused() -> None:
+    a = np.array([[3.0, 0.0], [0.0, 2.0]])
+    assert pair_distances(a) == pytest.approx([2.0])  # unit vectors at 90°: |u - v|² = 2
+    fused = fuse_flip(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))
+    assert fused == pytest.approx(np.full((1, 2), math.sqrt(0.5)))
+    with pytest.raises(ValueError, match="NaN"):
+        pair_distances(np.array([[np.nan, 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="2N×D"):
+        pair_distances(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="3 embedding rows"):
+        verify_pairs(np.ones((3, 2)), np.ones(2, bool))
+
+
+def test_fairness_summary_golden() -> None:
+    summary = summarize_groups({"a": 0.99, "b": 0.98, "c": 0.97, "d": 0.96})
+    assert summary.mean == pytest.approx(0.975)
+    assert summary.std == pytest.approx(math.sqrt(0.0005 / 3))  # sample std, as the papers report
+    assert summary.std_population == pytest.approx(math.sqrt(0.0005 / 4))
+    assert summary.ser == pytest.approx(4.0)  # 4 % error against 1 %
+    assert (summary.best_group, summary.worst_group) == ("a", "d")
+
+
+def test_zero_error_groups_are_reported_not_crashed() -> None:
+    one_perfect = summarize_groups({"a": 1.0, "b": 0.9})
+    assert math.isinf(one_perfect.ser) and one_perfect.to_dict()["ser"] == "inf"
+    all_perfect = summarize_groups({"a": 1.0, "b": 1.0})
+    assert math.isnan(all_perfect.ser) and all_perfect.to_dict()["ser"] == "undefined"
+    single = summarize_groups({"a": 0.9})
+    assert single.to_dict()["std"] is None and single.std_population == 0.0
+    with pytest.raises(ValueError, match="no groups"):
+        summarize_groups({})
+    with pytest.raises(ValueError, match="fractions"):
+        summarize_groups({"a": 97.0})
+
+
+def tiny_benchmark() -> tuple[PairBenchmark, np.ndarray]:
+    """Two groups of 20 pairs; group 'easy' is separable, group 'hard' has impostors as close as genuines."""
+    rng = np.random.default_rng(0)
+    issame = np.tile([True, False], 20)
+    groups = np.repeat([0, 1], 20)
+    emb = rng.normal(size=(80, 16))
+    for k in range(40):
+        if issame[k] or (groups[k] == 1 and k % 4 == 1):
+            emb[2 * k + 1] = emb[2 * k] + 0.05 * rng.normal(size=16)
+    bench = PairBenchmark(
+        images=np.zeros((80, 3, 4, 4), np.uint8),
+        issame=issame,
+        groups=groups,
+        subjects=np.arange(80),
+        group_names=("easy", "hard"),
+    )
+    return bench, emb
+
+
+def test_evaluate_embeddings_scores_each_group_on_its_own_pairs() -> None:
+    bench, emb = tiny_benchmark()
+    result = evaluate_embeddings(emb, bench)
+    assert result.groups["easy"].accuracy_mean == 1.0
+    hard_rows = np.arange(40, 80)
+    assert result.groups["hard"] == verify_pairs(emb[hard_rows], bench.issame[20:])
+    assert result.groups["hard"].accuracy_mean < 1.0
+    assert result.fairness.worst_group == "hard"
+    as_json = result.to_dict()
+    assert as_json["groups"]["easy"]["accuracy_mean"] == 1.0
+    assert as_json["fairness"]["ser"] == "inf"
+
+
+def test_embed_images_fuses_the_mirrored_image() -> None:
+    images = np.arange(2 * 3 * 2 * 2, dtype=np.uint8).reshape(2, 3, 2, 2)
+
+    def embed(x: np.ndarray) -> np.ndarray:  # depends on left/right order, so the flip changes it
+        return x[:, 0, 0, :].astype(np.float64)
+
+    plain = embed_images(embed, images, batch_size=1, flip=False)
+    fused = embed_images(embed, images, batch_size=1, flip=True)
+    expected = fuse_flip(embed(images), embed(images[..., ::-1]))
+    assert fused == pytest.approx(expected.astype(np.float32))
+    assert not np.allclose(plain, fused)
+
+
+def test_benchmark_file_round_trip(tmp_path) -> None:
+    bench, _ = tiny_benchmark()
+    bench.save(tmp_path / "b.npz")
+    loaded = PairBenchmark.load(tmp_path / "b.npz")
+    assert loaded.group_names == ("easy", "hard")
+    assert np.array_equal(loaded.issame, bench.issame) and np.array_equal(loaded.images, bench.images)
+    np.savez(tmp_path / "bad.npz", images=bench.images)
+    with pytest.raises(ValueError, match="missing arrays"):
+        PairBenchmark.load(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz"):
+        PairBenchmark.load(tmp_path / "junk.npz")
+
+
+def test_latency_median_of_timed_calls() -> None:
+    calls = []
+
+    def run() -> None:
+        calls.append(1)
+        sum(range(2000))
+
+    result = measure_latency(run, warmup=3, repeats=7, threads=1)
+    assert len(calls) == 10
+    assert 0 < result.min_ms <= result.median_ms <= result.max_ms
+    assert result.repeats == 7 and result.threads == 1
