@@ -194,6 +194,9 @@ Loc = tuple[str, int]  # (file, line)
 # --------------------------------------------------------------------------------------------------------------
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict[str, Loc]]:
     """Parse one YAML file into plain data plus the (file, line) of every dotted key."""
     shown = str(path)
@@ -222,6 +225,16 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, Loc]]:
 def _to_python(
     loader: yaml.SafeLoader, node: yaml.Node, file: str, prefix: str, locs: dict[str, Loc], issues: list[RecipeIssue]
 ) -> Any:
+    if node.tag not in _PLAIN_TAGS:  # e.g. !!python/object/apply on a list: refused before anything is built
+        issues.append(
+            RecipeIssue(
+                file,
+                node.start_mark.line + 1,
+                prefix.rstrip("."),
+                f"tag {node.tag!r} is not allowed (recipes are plain data)",
+            )
+        )
+        return None
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -237,9 +250,7 @@ def _to_python(
             out[key] = _to_python(loader, value_node, file, dotted + ".", locs, issues)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _to_python(loader, item, file, f"{prefix}{i}.", locs, issues) for i, item in enumerate(node.value)
-        ]
+        return [_to_python(loader, item, file, f"{prefix}{i}.", locs, issues) for i, item in enumerate(node.value)]
     try:
         return loader.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as e:
@@ -293,8 +304,9 @@ def _load_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, An
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _apply_overrides(data: dict[str, Any], locs: dict[str, Loc], overrides: list[str]) -> None:
-    issues = []
+def _apply_overrides(data: dict[str, Any], locs: dict[str, Loc], overrides: list[str]) -> dict[str, str]:
+    """Set every ``dotted.key=value``; returns the raw text per key (``version=2.0`` is text for a string field)."""
+    issues, raw_text = [], {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -312,11 +324,13 @@ def _apply_overrides(data: dict[str, Any], locs: dict[str, Loc], overrides: list
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
+        raw_text[key] = raw.strip()
         locs[key] = ("--set", 0)
         for sub in [k for k in locs if k.startswith(key + ".")]:
             locs[sub] = ("--set", 0)
     if issues:
         raise RecipeError(issues)
+    return raw_text
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -338,8 +352,9 @@ def _type_name(tp: Any) -> str:
 
 
 class _Validator:
-    def __init__(self, locs: dict[str, Loc], root_file: str) -> None:
+    def __init__(self, locs: dict[str, Loc], root_file: str, override_text: dict[str, str] | None = None) -> None:
         self.locs = locs
+        self.override_text = override_text or {}
         self.root_file = root_file
         self.issues: list[RecipeIssue] = []
 
@@ -386,6 +401,8 @@ class _Validator:
             if value not in typing.get_args(tp):
                 self.fail(dotted, f"got {value!r} (expected {_type_name(tp)})")
             return value
+        if tp is str and dotted in self.override_text and isinstance(value, (int, float)):
+            value = self.override_text[dotted]  # --set release.version=2.0 means the text "2.0"
         ok = (
             (tp is bool and isinstance(value, bool))
             or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -474,8 +491,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data, locs = _load_with_extends(path.resolve(), (path.resolve(),))
     # Report locations with the path as the user typed it for the top file.
     locs = {k: (str(path) if f == str(path.resolve()) else f, line) for k, (f, line) in locs.items()}
-    _apply_overrides(data, locs, list(overrides or []))
-    validator = _Validator(locs, str(path))
+    override_text = _apply_overrides(data, locs, list(overrides or []))
+    validator = _Validator(locs, str(path), override_text)
     recipe = validator.build(Recipe, data, "")
     if not validator.issues:
         _check_semantics(recipe, validator)

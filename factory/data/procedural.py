@@ -515,8 +515,10 @@ class ProceduralFaceWorld:
         scale = per(torch.exp((normal[:, 10] * 0.035 * s["pose"]).clamp(-0.15, 0.15)))
         shift_x = per((normal[:, 11] * 1.3 * s["pose"]).clamp(-5.0, 5.0))
         shift_y = per((normal[:, 13] * 1.3 * s["pose"]).clamp(-5.0, 5.0))
-        bg_a = 25.0 + 210.0 * uniform[:, 3:6]
-        bg_b = bg_a * (0.55 + 0.9 * uniform[:, 6:7])
+        # Background colours scale with the background nuisance too, so nuisance=0 renders a plain grey backdrop.
+        bg_strength = s["background"].clamp(max=1.0).view(n, 1)
+        bg_a = 130.0 + (210.0 * uniform[:, 3:6] - 105.0) * bg_strength
+        bg_b = bg_a * (1.0 + (0.9 * uniform[:, 6:7] - 0.45) * bg_strength)
         bg_tex = per(uniform[:, 7] * 0.35 * s["background"])
         bg_grad = per(uniform[:, 8] * 1.2 * s["background"])
 
