@@ -11,7 +11,7 @@ Usage: python benchmarks/run.py [--threads 2] [--seconds 10]
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -24,6 +24,17 @@ from factory.files import write_json
 from factory.models.heads import create_head
 from factory.models.zoo import create_model
 from factory.train.tasks import MarginClassificationTask
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def rate(fn, images_per_call: int, seconds: float, warmup: int = 2) -> float:
@@ -71,20 +82,32 @@ def main() -> None:
     head = create_head("cosface", 512, len(ids.keys))
     labelled = [labelled_batch(world, ids, b, s, 0) for s in range(4)]
     results["teacher_train_images_per_s"] = rate(
-        train_step(teacher, MarginClassificationTask(head), lambda s: {"pixels": labelled[s % 4][0], "labels": labelled[s % 4][1]}),
-        b, args.seconds,
+        train_step(
+            teacher,
+            MarginClassificationTask(head),
+            lambda s: {"pixels": labelled[s % 4][0], "labels": labelled[s % 4][1]},
+        ),
+        b,
+        args.seconds,
     )
     for student in ("tinyfar_a", "tinyfar_c", "mobilefacenet"):
         results[f"distill_{student}_images_per_s"] = rate(
             train_step(create_model(student), FeatureDistillTask(teacher.eval()), lambda s: {"pixels": pre[s % 4]}),
-            b, args.seconds,
+            b,
+            args.seconds,
         )
-    results["generator_over_tinyfar_a_training"] = (
-        results["generator_images_per_s"] / results["distill_tinyfar_a_images_per_s"]
-    )
+    for student in ("tinyfar_a", "tinyfar_c"):
+        results[f"generator_over_{student}_distill"] = (
+            results["generator_images_per_s"] / results[f"distill_{student}_images_per_s"]
+        )
     record = {
-        "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                    "threads": args.threads, "torch": torch.__version__},
+        "machine": {
+            "host": platform.node(),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        },
         "batch": b,
         "results": results,
     }

@@ -21,6 +21,7 @@ import numpy as np
 
 
 def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -29,6 +30,7 @@ def sha256(path: Path) -> str:
 
 
 def run_artifact(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
+    """Embeddings of the preprocessed batch ``x`` from an ``.onnx`` (ONNX Runtime) or ``.xml`` (OpenVINO) file."""
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -73,6 +75,7 @@ def verify(release: Path, threads: int = 1) -> list[tuple[bool, str]]:
 
 
 def main() -> int:
+    """Command line entry: prints one line per check, returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("release", type=Path, help="release directory holding manifest.json")
     parser.add_argument("--threads", type=int, default=1)

@@ -64,14 +64,17 @@ def main() -> None:
 @click.option("--until", metavar="STAGE", help="Stop after this stage.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal).")
 @_friendly
-def build(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], until: str | None, progress: bool | None) -> None:
+def build(
+    recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], until: str | None, progress: bool | None
+) -> None:
     """Run RECIPE end to end; print one line per stage, the gate table and, last, the release directory.
 
     Stages: data, teacher, distill, export, compress, validate, release. A stage whose settings, inputs and code
     are unchanged is skipped ("cached"). An interrupted build resumes where it stopped.
     """
     from factory.evaluate.validate import accuracy_table
-    from factory.pipeline import GateFailure, build as run_build, unpublish
+    from factory.pipeline import GateFailure, unpublish
+    from factory.pipeline import build as run_build
     from factory.release.gates import GateResult, format_gate_table
 
     parsed = load_recipe(recipe, list(overrides))
@@ -80,6 +83,8 @@ def build(recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], unti
         result = run_build(parsed, force=force, until=until, progress=show)
     except GateFailure as failure:
         unpublish(parsed)
+        if failure.validation is not None:
+            click.echo("\n" + accuracy_table(failure.validation) + "\n")
         click.echo(format_gate_table([GateResult(**g) for g in failure.gates]))
         click.echo(str(failure), err=True)
         click.echo("no release written: fix the model or relax the gate in the recipe.", err=True)

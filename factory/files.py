@@ -53,6 +53,7 @@ def write_json(target: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback for dataclasses, numpy scalars/arrays and paths."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     if hasattr(obj, "tolist"):  # numpy scalars and arrays

@@ -43,7 +43,9 @@ class StageOutput:
         """Absolute path of one of the stage's files; a missing file is a corrupt cache entry."""
         p = self.dir / relative
         if not p.exists():
-            raise FileNotFoundError(f"{p} is missing from the {self.name} stage's cache; rerun with --force {self.name}")
+            raise FileNotFoundError(
+                f"{p} is missing from the {self.name} stage's cache; rerun with --force {self.name}"
+            )
         return p
 
 
@@ -85,9 +87,10 @@ def register_stage(stage: Stage) -> Stage:
 class GateFailure(RuntimeError):
     """Raised by the release stage when a gate fails; carries the full gate table."""
 
-    def __init__(self, message: str, gates: list[dict[str, Any]]) -> None:
+    def __init__(self, message: str, gates: list[dict[str, Any]], validation: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.gates = gates
+        self.validation = validation  # the validate stage's metrics, so the failure can show the accuracy table
 
 
 @functools.cache

@@ -45,8 +45,10 @@ register_stage(
         needs=(),
         settings=lambda r: {"data": r.data, "seed": r.seed},
         run=_lazy("factory.data.build", "build_data"),
-        summary=lambda m: f"{len(m['groups'])} groups, {m['benchmark_pairs']} benchmark pairs, "
-        f"{m['calibration_images']} calibration faces, previews of {', '.join(m['groups'])}",
+        summary=lambda m: (
+            f"{len(m['groups'])} groups, {m['benchmark_pairs']} benchmark pairs, "
+            f"{m['calibration_images']} calibration faces, previews of {', '.join(m['groups'])}"
+        ),
     )
 )
 register_stage(
@@ -55,10 +57,13 @@ register_stage(
         needs=(),
         settings=_teacher_settings,
         run=_lazy("factory.train.teacher", "train_teacher"),
-        summary=lambda m: f"{m['model']}: checkpoint {m['source']}"
-        if "source" in m
-        else f"{m['model']} ({m['params'] / 1e6:.2f} M params), {m['steps']} steps on {m['identities']} identities, "
-        f"train acc {m['final'].get('acc', float('nan')):.3f}, {m['images_per_second']:.0f} img/s",
+        summary=lambda m: (
+            f"{m['model']}: checkpoint {m['source']}"
+            if "source" in m
+            else f"{m['model']} ({m['params'] / 1e6:.2f} M params), {m['steps']} steps on "
+            f"{m['identities']} identities, train acc {m['final'].get('acc', float('nan')):.3f}, "
+            f"{m['images_per_second']:.0f} img/s"
+        ),
     )
 )
 register_stage(
@@ -67,8 +72,10 @@ register_stage(
         needs=("teacher",),
         settings=lambda r: {"distill": r.distill, "world": r.data.world, "seed": r.seed},
         run=_lazy("factory.distill.feature_kd", "distill_student"),
-        summary=lambda m: f"{m['student']} ({m['params'] / 1e6:.2f} M params) from {m['teacher']}, {m['steps']} steps, "
-        f"teacher cosine {m['final'].get('cos', float('nan')):.3f}, {m['images_per_second']:.0f} img/s",
+        summary=lambda m: (
+            f"{m['student']} ({m['params'] / 1e6:.2f} M params) from {m['teacher']}, {m['steps']} steps, "
+            f"teacher cosine {m['final'].get('cos', float('nan')):.3f}, {m['images_per_second']:.0f} img/s"
+        ),
     )
 )
 register_stage(
@@ -86,8 +93,10 @@ register_stage(
         needs=("data", "distill", "export"),
         settings=lambda r: {"compress": r.compress},
         run=_lazy("factory.compress.build", "compress_student"),
-        summary=lambda m: f"INT8 ({m['preset']}) on {m['calibration_images']} synthetic faces in "
-        f"{m['quantize_seconds']:.1f}s, cosine vs FP32 {m['drift_vs_fp32']['mean_cosine']:.4f}",
+        summary=lambda m: (
+            f"INT8 ({m['preset']}) on {m['calibration_images']} synthetic faces in "
+            f"{m['quantize_seconds']:.1f}s, cosine vs FP32 {m['drift_vs_fp32']['mean_cosine']:.4f}"
+        ),
     )
 )
 register_stage(
@@ -105,6 +114,8 @@ register_stage(
         needs=("data", "teacher", "distill", "export", "compress", "validate"),
         settings=lambda r: {"gates": r.gates, "release": r.release, "name": r.name},
         run=_lazy("factory.release.bundle", "make_release"),
-        summary=lambda m: f"{sum(g['passed'] for g in m['gates'])}/{len(m['gates'])} gates passed, version {m['version']}",
+        summary=lambda m: (
+            f"{sum(g['passed'] for g in m['gates'])}/{len(m['gates'])} gates passed, version {m['version']}"
+        ),
     )
 )

@@ -96,7 +96,10 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8"}
     assert all(g["passed"] for g in manifest["gates"])
     assert {g["gate"] for g in manifest["gates"]} == {
-        "mean accuracy", "accuracy STD", "latency ms (b1)", "INT8 drop vs FP32"
+        "mean accuracy",
+        "accuracy STD",
+        "latency ms (b1)",
+        "INT8 drop vs FP32",
     }
     groups = manifest["artifacts"]["openvino_int8"]["metrics"]["evaluation"]["groups"]
     assert len(groups) >= 4
@@ -110,7 +113,9 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
     release = first_build[0] / "release"
     out = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("ok   golden") == 3
@@ -120,7 +125,9 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     out = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 1 and "FAIL sha256 student.onnx" in out.stdout
     assert "FAIL golden onnx_fp32: not run" in out.stdout and "ok   golden openvino_int8" in out.stdout

@@ -54,14 +54,20 @@ def validate_artifacts(ctx: StageContext) -> dict[str, Any]:
     for name, make in eval_runners.items():
         runner = make()
         evaluation = evaluate_benchmark(
-            embed_uint8(runner), bench, batch_size=cfg.batch_size, flip=cfg.flip, progress=name if ctx.progress else None
+            embed_uint8(runner),
+            bench,
+            batch_size=cfg.batch_size,
+            flip=cfg.flip,
+            progress=name if ctx.progress else None,
         )
         entry: dict[str, Any] = {"evaluation": evaluation.to_dict()}
         if name != REFERENCE:
             timed = latency_runners[name]()
             x = fixed_inputs(timed.contract, n=1)
             entry["latency"] = measure_latency(
-                lambda timed=timed, x=x: timed(x), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+                lambda timed=timed, x=x: timed(x),
+                warmup=cfg.latency_warmup,
+                repeats=cfg.latency_repeats,
                 threads=cfg.threads,
             ).to_dict()
         results[name] = entry

@@ -28,7 +28,7 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def fuse_flip(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarray:
-    """insightface flip fusion: the image's and its mirror's embeddings added, then L2-normalised."""
+    """Insightface flip fusion: the image's and its mirror's embeddings added, then L2-normalised."""
     if embeddings.shape != flipped.shape:
         raise ValueError(f"embeddings {embeddings.shape} and flipped embeddings {flipped.shape} differ in shape")
     return l2_normalize(np.asarray(embeddings, np.float64) + np.asarray(flipped, np.float64))

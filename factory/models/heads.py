@@ -41,7 +41,7 @@ class CosFace(MarginHead):
         super().__init__(embedding_dim, num_classes, scale, margin)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
-        """cos θ − m."""
+        """Cos θ − m."""
         return cos - self.margin
 
 

@@ -63,9 +63,7 @@ class IResNet(nn.Module):
         self.features.weight.requires_grad = False
 
     def _make_layer(self, planes: int, blocks: int) -> nn.Sequential:
-        downsample = nn.Sequential(
-            nn.Conv2d(self.inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-5)
-        )
+        downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes, eps=1e-5))
         layers = [IBasicBlock(self.inplanes, planes, 2, downsample)]
         self.inplanes = planes
         layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]

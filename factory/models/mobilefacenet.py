@@ -47,7 +47,13 @@ class DepthWise(nn.Module):
     """1×1 expand → k×k depthwise (with stride) → 1×1 project, with an optional residual connection."""
 
     def __init__(
-        self, in_c: int, out_c: int, residual: bool = False, kernel: int = 3, stride: int = 2, padding: int = 1,
+        self,
+        in_c: int,
+        out_c: int,
+        residual: bool = False,
+        kernel: int = 3,
+        stride: int = 2,
+        padding: int = 1,
         groups: int = 1,
     ):
         super().__init__()
@@ -69,9 +75,7 @@ class Residual(nn.Module):
 
     def __init__(self, c: int, num_block: int, groups: int, kernel: int = 3, stride: int = 1, padding: int = 1):
         super().__init__()
-        self.layers = nn.Sequential(
-            *[DepthWise(c, c, True, kernel, stride, padding, groups) for _ in range(num_block)]
-        )
+        self.layers = nn.Sequential(*[DepthWise(c, c, True, kernel, stride, padding, groups) for _ in range(num_block)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the blocks."""
@@ -133,11 +137,11 @@ def mobilefacenet(**kw: int) -> nn.Module:
 
 @register_model("mbf")
 def mbf(**kw: int) -> nn.Module:
-    """insightface ``mbf``: blocks (1,4,6,2), scale 2, 2,059,520 parameters."""
+    """Insightface ``mbf``: blocks (1,4,6,2), scale 2, 2,059,520 parameters."""
     return MobileFaceNet(blocks=(1, 4, 6, 2), scale=2, **kw)
 
 
 @register_model("mbf_large")
 def mbf_large(**kw: int) -> nn.Module:
-    """insightface ``mbf_large``: blocks (2,8,12,4), scale 4."""
+    """Insightface ``mbf_large``: blocks (2,8,12,4), scale 4."""
     return MobileFaceNet(blocks=(2, 8, 12, 4), scale=4, **kw)

@@ -55,10 +55,10 @@ def make_release(ctx: StageContext) -> dict[str, Any]:
     validation = ctx.inputs["validate"].metrics
     rows = evaluate_gates(recipe.gates, validation)
     if not all(r.passed for r in rows):
-        raise GateFailure(failure_message(rows), [r.to_dict() for r in rows])
+        raise GateFailure(failure_message(rows), [r.to_dict() for r in rows], validation)
 
     out = ctx.work_dir
-    for artifact, (stage, names) in ARTIFACT_FILES.items():
+    for stage, names in ARTIFACT_FILES.values():
         for name in names:
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(ctx.inputs[stage].path(name), tmp)

@@ -35,9 +35,13 @@ class TaskOutput:
 class Task(Protocol):
     """Computes the loss of ``model`` on one batch."""
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput: ...
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
+        """Loss and logged values of ``model`` on ``batch``."""
+        ...
 
-    def parameters(self) -> list[nn.Parameter]: ...
+    def parameters(self) -> list[nn.Parameter]:
+        """The task's own trainable parameters (a margin head's weights), optimised with the model's."""
+        ...
 
 
 @dataclass
