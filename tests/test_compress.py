@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import randomise_stats
 from torch import nn
 
 from factory.compress.ptq import head_node_names, quantize_openvino
@@ -31,16 +32,7 @@ class TrainedIshNet(nn.Module):
         self.linear = nn.Linear(64 * 8 * 8, 512)
         self.bn = nn.BatchNorm1d(512)
         self.contract, self.model_name = CONTRACT, "test_net"
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-                    module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.2)
-                    module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                    module.weight.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                    module.bias.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
-                elif isinstance(module, nn.PReLU):
-                    module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.4)
+        randomise_stats(self, seed=0, prelu_max=0.4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.linear(self.trunk(x).flatten(1)))

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import randomise_stats
 from torch import nn
 
 from factory.data.preprocess import to_model_input_numpy
@@ -59,20 +60,6 @@ class TestNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.linear(self.trunk(x).flatten(1)))
-
-
-def randomise_stats(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and PReLU slopes, as after training (fresh ones make BN an identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=gen) * 0.2)
-                module.running_var.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(module.num_features, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
-            elif isinstance(module, nn.PReLU):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ imported inside the functions so ``import factory`` stays light.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,8 +48,12 @@ def quantize_openvino(
         ``xml_out`` as a :class:`Path`.
 
     """
+    # nncf imports torch's C++-extension helper, which warns about CUDA on CPU-only machines: noise in build logs.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     import openvino as ov
+
+    nncf.set_log_level(logging.WARNING)  # its INFO lines (ignored nodes, ...) are summarised by the stage instead
 
     from factory.export.openvino import get_contract, save_ir_atomically, set_contract
     from factory.export.runtimes import check_model_input

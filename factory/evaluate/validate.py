@@ -71,7 +71,17 @@ def validate_artifacts(ctx: StageContext) -> dict[str, Any]:
                 threads=cfg.threads,
             ).to_dict()
         results[name] = entry
-    return {"artifacts": results, "groups": list(bench.group_names), "pairs": int(len(bench.issame))}
+    return {
+        "artifacts": results,
+        "order": list(results),  # JSON files may come back with sorted keys: tables and plots keep build order
+        "groups": list(bench.group_names),
+        "pairs": int(len(bench.issame)),
+    }
+
+
+def artifact_order(metrics: dict[str, Any]) -> list[str]:
+    """Artifact names in build order (reference, torch FP32, exported ones)."""
+    return [n for n in metrics.get("order", ()) if n in metrics["artifacts"]] or list(metrics["artifacts"])
 
 
 def accuracy_table(metrics: dict[str, Any]) -> str:
@@ -79,7 +89,8 @@ def accuracy_table(metrics: dict[str, Any]) -> str:
     groups = metrics["groups"]
     head = f"{'artifact':<14}" + "".join(f"{g:>9}" for g in groups) + f"{'mean':>9}{'STD':>8}{'SER':>7}{'ms':>8}"
     lines = [head, "-" * len(head)]
-    for name, entry in metrics["artifacts"].items():
+    for name in artifact_order(metrics):
+        entry = metrics["artifacts"][name]
         ev = entry["evaluation"]
         accs = "".join(f"{100 * ev['groups'][g]['accuracy_mean']:>9.2f}" for g in groups)
         fair = ev["fairness"]

@@ -22,7 +22,7 @@ import numpy as np
 
 from factory.data.benchmark import PairBenchmark
 from factory.data.preprocess import to_model_input_numpy
-from factory.evaluate.validate import accuracy_table
+from factory.evaluate.validate import accuracy_table, artifact_order
 from factory.export.runtimes import onnx_runner, openvino_runner
 from factory.files import atomic_path, sha256_tree, write_json, write_text
 from factory.models.checkpoint import load_model
@@ -134,7 +134,7 @@ def _plot_fairness(validation: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = validation["groups"]
-    names = list(validation["artifacts"])
+    names = artifact_order(validation)
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     lows = []
@@ -146,11 +146,11 @@ def _plot_fairness(validation: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("verification accuracy (%)")
     ax.set_ylim(max(0.0, min(lows) - 5), 100)
     ax.set_title("Per-group accuracy by artifact")
-    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    ax.legend(fontsize=8, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
 
 

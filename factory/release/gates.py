@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from factory.evaluate.validate import EXPORTED, FP32, INT8, REFERENCE
+from factory.evaluate.validate import EXPORTED, FP32, INT8, REFERENCE, artifact_order
 from factory.recipe import GatesConfig
 
 
@@ -32,7 +32,7 @@ def _row(artifact: str, gate: str, value: float, limit: float, comparison: str) 
 
 def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any]) -> list[GateResult]:
     """Check every configured gate on every artifact it applies to (the teacher is a reference, never gated)."""
-    artifacts = {k: v for k, v in metrics["artifacts"].items() if k != REFERENCE}
+    artifacts = {k: metrics["artifacts"][k] for k in artifact_order(metrics) if k != REFERENCE}
     rows: list[GateResult] = []
     for name, entry in artifacts.items():
         fairness = entry["evaluation"]["fairness"]
