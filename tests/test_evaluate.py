@@ -180,6 +180,9 @@ def test_benchmark_file_round_trip(tmp_path) -> None:
     np.savez(tmp_path / "bad.npz", images=bench.images)
     with pytest.raises(ValueError, match="missing arrays"):
         PairBenchmark.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "short.npz", **{**vars(bench), "images": bench.images[:3], "group_names": ["easy", "hard"]})
+    with pytest.raises(ValueError, match=r"short\.npz: images .* do not hold"):
+        PairBenchmark.load(tmp_path / "short.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         PairBenchmark.load(tmp_path / "junk.npz")

@@ -92,9 +92,11 @@ class PairBenchmark:
                     subjects=data["subjects"],
                     group_names=tuple(str(g) for g in data["group_names"]),
                 )
-        except (ValueError, OSError) as exc:
-            if isinstance(exc, BenchmarkFormatError):
+        except BenchmarkFormatError as exc:
+            if str(path) in str(exc):
                 raise
+            raise BenchmarkFormatError(f"{path}: {exc}") from None
+        except (ValueError, OSError) as exc:
             raise BenchmarkFormatError(f"{path}: not a readable benchmark .npz ({exc})") from exc
 
 
