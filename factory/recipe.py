@@ -182,8 +182,9 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; ``issues`` holds every problem found."""
 
     def __init__(self, issues: list[RecipeIssue]) -> None:
-        self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
+        # In reading order, file by file (the order of discovery follows the schema, not the file).
+        self.issues = sorted(issues, key=lambda i: (i.file, i.line))
+        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 Loc = tuple[str, int]  # (file, line)
