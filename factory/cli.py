@@ -139,5 +139,102 @@ def preview(recipe: Path | None, out: Path, identities: int, samples: int) -> No
         click.echo(str(path))
 
 
+@main.group()
+def models() -> None:
+    """The model zoo: every architecture the factory builds."""
+
+
+@models.command("list")
+@_friendly
+def models_list() -> None:
+    """A table of every model: parameters, MFLOPs (2 x MACs, as the papers count) and input size."""
+    from factory.models.zoo import list_models, model_info
+
+    click.echo(f"{'name':<15}{'params':>13}{'MFLOPs':>11}  input")
+    for name in list_models():
+        info = model_info(name)
+        h, w = info["input_size"]
+        click.echo(f"{name:<15}{info['params']:>13,}{info['flops'] / 1e6:>11.1f}  {h}x{w}")
+
+
+@models.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly
+def models_info(name: str, as_json: bool) -> None:
+    """Size and input contract of model NAME."""
+    import json
+
+    from factory.models.zoo import model_info
+
+    info = model_info(name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(
+                f"{key:<18}{value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{key:<18}{value}"
+            )
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_name", metavar="NAME", help="Zoo architecture (with --weights, or a fresh one).")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Weights for --model: a factory checkpoint, an insightface state_dict (.pth/.pt) or .safetensors.",
+)
+@click.option(
+    "--artifact",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An exported model instead: .onnx (ONNX Runtime), .xml (OpenVINO), TorchScript or a checkpoint.",
+)
+@click.option(
+    "--normalization",
+    type=click.Choice(["arcface", "legacy128"]),
+    help="Input convention of the weights when it is not stored with them (legacy128: (x-127.5)/128).",
+)
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .npz.")
+@click.option("--flip", is_flag=True, help="Fuse each embedding with its mirrored image's (insightface).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--threads", default=2, show_default=True, help="CPU threads of the runtime.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+@_friendly
+def embed(
+    inputs: tuple[Path, ...],
+    model_name: str | None,
+    weights: Path | None,
+    artifact: Path | None,
+    normalization: str | None,
+    out: Path,
+    flip: bool,
+    batch_size: int,
+    threads: int,
+    progress: bool | None,
+) -> None:
+    """Write L2-normalised embeddings of aligned face images to an .npz (arrays `embeddings` N×D and `paths`).
+
+    INPUTS are image files, folders (searched recursively) or .txt lists of paths; images are embedded in sorted
+    path order and must already be aligned at the model's input size.
+    """
+    from factory.evaluate.embed import embed_files, list_images, write_embeddings
+    from factory.export.runtimes import embed_uint8, torch_runner
+    from factory.models.loading import RunnerModule, load_any_model, load_backbone
+
+    if (model_name is None) == (artifact is None):
+        raise click.UsageError("give exactly one of --model NAME [--weights FILE] or --artifact FILE")
+    if artifact is not None:
+        model = load_any_model(artifact, normalization=normalization, threads=threads)
+    else:
+        model = load_backbone(model_name, weights, normalization=normalization)
+    runner = model.runner if isinstance(model, RunnerModule) else torch_runner(model.eval(), threads=threads)
+    paths = list_images(inputs)
+    show = sys.stderr.isatty() if progress is None else progress
+    vectors = embed_files(embed_uint8(runner), paths, model.contract.input_size, batch_size, flip, show)
+    write_embeddings(out, vectors, paths)
+    click.echo(f"{len(paths)} embeddings ({vectors.shape[1]}-d{', flip-fused' if flip else ''}) -> {out}")
+
+
 if __name__ == "__main__":
     main()

@@ -52,6 +52,14 @@ def write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a corrupt one raises ``ValueError`` naming the path."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
 def json_default(obj: Any) -> Any:
     """``json.dumps`` fallback for dataclasses, numpy scalars/arrays and paths."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

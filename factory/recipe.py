@@ -68,7 +68,10 @@ class TeacherConfig:
     """The teacher: trained by the build on labelled procedural faces, or loaded from a checkpoint."""
 
     model: str = field(default="iresnet_nano", metadata={"registry": "model"})
-    checkpoint: str | None = field(default=None, metadata={"path": True})  # a factory checkpoint; skips training
+    # Skips training: a factory checkpoint, an insightface state_dict (.pth/.pt) or safetensors file holding weights
+    # of `model`, or a black-box ONNX / OpenVINO / TorchScript file.
+    checkpoint: str | None = field(default=None, metadata={"path": True})
+    normalization: Literal["arcface", "legacy128"] | None = None  # input convention of the checkpoint (None: its own)
     identities_per_group: int = 100
     head: str = field(default="cosface", metadata={"registry": "head"})
     margin: float = 0.35

@@ -96,7 +96,7 @@ def test_onnx_passes_checker_and_carries_contract(model: TestNet, onnx_path: Pat
     assert read_onnx_model_name(onnx_path) == "test_net"
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["embedding"]
-    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 18
     assert not list(onnx_path.parent.glob("*.partial")), "atomic write left a temporary file behind"
 
 

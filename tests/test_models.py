@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomise_stats
 
+from factory.export.onnx import export_onnx
+from factory.export.parity import check_parity, fixed_inputs
+from factory.export.runtimes import onnx_runner, torch_runner
 from factory.models.checkpoint import CheckpointMismatchError, load_model, load_state_dict_strict, save_model
 from factory.models.heads import create_head
 from factory.models.zoo import count_flops, count_params, create_model, list_models
@@ -24,7 +28,9 @@ REFERENCE_PARAMS = {
     "iresnet100": 65_156_160,
     "iresnet200": 118_833_920,
 }
-SMALL = ["tinyfar_a", "tinyfar_c", "mobilefacenet", "iresnet_nano"]
+# Forward/backward, export and round trips run for every registered model; the big teachers only in `make test-all`.
+BIG = {"iresnet50", "iresnet100", "iresnet200"}
+EVERY_MODEL = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in list_models()]
 
 
 def test_registry_lists_every_reference_model() -> None:
@@ -43,7 +49,7 @@ def test_flops_are_twice_the_macs_reported_in_papers() -> None:
     assert count_flops(create_model("mobilefacenet")) / 1e6 == pytest.approx(442, abs=2)
 
 
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_forward_backward_and_contract(name: str) -> None:
     model = create_model(name)
     assert model.contract.embedding_dim == 512 and model.contract.input_size == (112, 112)
@@ -56,16 +62,26 @@ def test_forward_backward_and_contract(name: str) -> None:
         assert torch.allclose(model.eval()(x)[:1], model(x[:1]), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", EVERY_MODEL)
+def test_onnx_export_parity(name: str, tmp_path) -> None:
+    model = create_model(name).eval()
+    randomise_stats(model, seed=3)
+    runner = onnx_runner(export_onnx(model, tmp_path / f"{name}.onnx"), threads=2)
+    parity = check_parity(torch_runner(model, threads=2), runner, fixed_inputs(model.contract, n=2))
+    assert parity.min_cosine > 0.99999 and parity.n == 2
+
+
 def test_unknown_model_names_close_match() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'tinyfar_a'"):
         create_model("tinyfar-a")
 
 
-def test_checkpoint_round_trip_keeps_weights_and_contract(tmp_path) -> None:
-    model = create_model("tinyfar_c").eval()
+@pytest.mark.parametrize("name", EVERY_MODEL)
+def test_checkpoint_round_trip_keeps_weights_and_contract(name: str, tmp_path) -> None:
+    model = create_model(name).eval()
     save_model(tmp_path / "m.pt", model, extra={"steps": 3})
     loaded = load_model(tmp_path / "m.pt").eval()
-    assert loaded.model_name == "tinyfar_c" and loaded.contract == model.contract
+    assert loaded.model_name == name and loaded.contract == model.contract
     x = torch.randn(1, 3, 112, 112)
     assert torch.equal(model(x), loaded(x))
 

@@ -13,9 +13,10 @@ import torch
 from factory.data.build import make_world
 from factory.data.procedural import unlabelled_batch
 from factory.distill.tasks import FeatureDistillTask
-from factory.models.checkpoint import load_model, save_model
+from factory.models.checkpoint import save_model
 from factory.models.zoo import count_params, create_model
 from factory.train.loop import clear_resume, fit
+from factory.train.teacher import load_teacher
 
 if TYPE_CHECKING:
     from factory.pipeline import StageContext
@@ -29,7 +30,7 @@ def distill_student(ctx: StageContext) -> dict[str, Any]:
     recipe, cfg = ctx.recipe, ctx.recipe.distill
     torch.manual_seed(recipe.seed)
     world = make_world(recipe.data.world)
-    teacher = load_model(ctx.inputs["teacher"].path("teacher.pt"))
+    teacher = load_teacher(ctx.inputs["teacher"])
     student = create_model(cfg.student)
     batch_size = cfg.train.batch_size
 

@@ -17,6 +17,7 @@ from factory.evaluate.latency import measure_latency
 from factory.export.parity import fixed_inputs
 from factory.export.runtimes import Runner, embed_uint8, onnx_runner, openvino_runner, torch_runner
 from factory.models.checkpoint import load_model
+from factory.train.teacher import load_teacher
 
 if TYPE_CHECKING:
     from factory.pipeline import StageContext
@@ -30,13 +31,13 @@ EXPORTED = ("onnx_fp32", "openvino_fp32", INT8)
 
 def artifact_runners(ctx: StageContext, threads: int) -> dict[str, Callable[[], Runner]]:
     """Lazily built runners for every artifact of the build, by artifact name (build order)."""
-    teacher = ctx.inputs["teacher"].path("teacher.pt")
+    teacher = ctx.inputs["teacher"]
     student = ctx.inputs["distill"].path("student.pt")
     onnx = ctx.inputs["export"].path("student.onnx")
     fp32 = ctx.inputs["export"].path("student_fp32.xml")
     int8 = ctx.inputs["compress"].path("student_int8.xml")
     return {
-        REFERENCE: lambda: torch_runner(load_model(teacher).eval(), threads=threads),
+        REFERENCE: lambda: torch_runner(load_teacher(teacher).eval(), threads=threads),
         FP32: lambda: torch_runner(load_model(student).eval(), threads=threads),
         "onnx_fp32": lambda: onnx_runner(onnx, threads=threads),
         "openvino_fp32": lambda: openvino_runner(fp32, threads=threads, precision="f32"),

@@ -41,7 +41,7 @@ _REWRITE_TAG = "prelu_rewrite"
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
-    opset: int = 17,
+    opset: int = 18,
     dynamic_batch: bool = True,
     rewrite_prelu: bool = True,
 ) -> Path:

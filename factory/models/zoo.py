@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +41,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def list_models() -> list[str]:
-    """Every registered model name, sorted."""
-    return MODELS.names()
+    """Every registered model name, in natural order (iresnet18 before iresnet100)."""
+    return sorted(MODELS.names(), key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
 
 def count_params(model: nn.Module) -> int:
@@ -49,7 +50,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> int:
+def count_flops(model: nn.Module, input_size: tuple[int, int] = (112, 112), device: str = "cpu") -> int:
     """FLOPs of one forward pass at batch 1, counted as 2 x multiply-accumulates (the papers' convention)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -57,9 +58,30 @@ def count_flops(model: nn.Module, input_size: tuple[int, int] = (112, 112)) -> i
     model.eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.zeros(1, 3, *input_size))
+        model(torch.zeros(1, 3, *input_size, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Size and contract of a zoo model: ``params``, ``flops`` (2 x MACs at its input size) and the input contract.
+
+    Built on the meta device: no memory for weights, so even iresnet200 is described in a second.
+    """
+    with torch.device("meta"):
+        model = create_model(name)
+    contract = model.contract
+    return {
+        "name": name,
+        "params": count_params(model),
+        "flops": count_flops(model, contract.input_size, device="meta"),
+        "input_size": list(contract.input_size),
+        "embedding_dim": contract.embedding_dim,
+        "colour_order": contract.colour_order,
+        "mean": list(contract.mean),
+        "std": list(contract.std),
+        "output_normalized": contract.output_normalized,
+    }
 
 
 # Registration happens on import of the families below.

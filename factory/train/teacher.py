@@ -7,23 +7,28 @@ margin head on a fixed set of procedural identities (disjoint from the benchmark
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from factory.data.build import make_world
 from factory.data.procedural import identity_set, labelled_batch
-from factory.files import sha256_file
+from factory.files import atomic_path, read_json, sha256_file, write_json
 from factory.models.checkpoint import load_model, save_model
+from factory.models.contract import ModelContract
 from factory.models.heads import create_head
+from factory.models.loading import load_any_model
 from factory.models.zoo import count_params, create_model
 from factory.train.loop import clear_resume, fit
 from factory.train.tasks import MarginClassificationTask
 
 if TYPE_CHECKING:
-    from factory.pipeline import StageContext
+    from factory.pipeline import StageContext, StageOutput
 
 TEACHER_FILE = "teacher.pt"
+BLACK_BOX_FILE = "teacher_black_box.json"  # names the black-box file and the contract it was declared with
 TEACHER_SPLIT = "teacher"
 
 
@@ -32,9 +37,7 @@ def train_teacher(ctx: StageContext) -> dict[str, Any]:
     recipe, cfg = ctx.recipe, ctx.recipe.teacher
     out = ctx.work_dir / TEACHER_FILE
     if cfg.checkpoint:
-        model = load_model(cfg.checkpoint)  # strict, weights_only: refuses anything that is not a checkpoint
-        shutil.copyfile(cfg.checkpoint, out)
-        return {"source": cfg.checkpoint, "sha256": sha256_file(out), "model": model.model_name}
+        return adopt_teacher(ctx, Path(cfg.checkpoint))
 
     torch.manual_seed(recipe.seed)
     world = make_world(recipe.data.world)
@@ -60,3 +63,31 @@ def train_teacher(ctx: StageContext) -> dict[str, Any]:
         "final": result.final_terms,
         "history": result.history,
     }
+
+
+def adopt_teacher(ctx: StageContext, source: Path) -> dict[str, Any]:
+    """Take the recipe's teacher file instead of training one; its provenance (path, sha256) goes in the metrics.
+
+    Weights of a zoo architecture become a factory checkpoint (strictly loaded, so a mismatch fails here, not
+    mid-distillation); a black-box file is copied as it is, with its declared contract beside it.
+    """
+    cfg = ctx.recipe.teacher
+    model = load_any_model(source, model=cfg.model, normalization=cfg.normalization)
+    provenance = {"source": str(source), "sha256": sha256_file(source), "model": model.model_name}
+    if hasattr(model, "model_overrides"):
+        save_model(ctx.work_dir / TEACHER_FILE, model, extra=provenance)
+        return {**provenance, "params": count_params(model), "contract": model.contract.to_dict()}
+    copies = [source] + ([source.with_suffix(".bin")] if source.suffix == ".xml" else [])
+    for path in copies:
+        with atomic_path(ctx.work_dir / f"teacher{path.suffix}") as tmp:
+            shutil.copyfile(path, tmp)
+    write_json(ctx.work_dir / BLACK_BOX_FILE, {"file": f"teacher{source.suffix}", "contract": model.contract.to_dict()})
+    return {**provenance, "black_box": True, "contract": model.contract.to_dict()}
+
+
+def load_teacher(output: StageOutput) -> nn.Module:
+    """The teacher stage's model: a factory checkpoint, or the black-box file with its declared contract."""
+    if (output.dir / TEACHER_FILE).exists():
+        return load_model(output.path(TEACHER_FILE))
+    spec = read_json(output.path(BLACK_BOX_FILE))
+    return load_any_model(output.path(spec["file"]), contract=ModelContract.from_dict(spec["contract"]))
