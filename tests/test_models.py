@@ -127,3 +127,47 @@ def test_margin_heads_penalise_the_target_class(head: str) -> None:
     others = torch.ones_like(logits, dtype=torch.bool)
     others[target] = False
     assert torch.allclose(logits[others], plain[others], atol=1e-5)
+
+
+# Key names and shapes as insightface's arcface_torch modules name them (REFERENCE.md §1 and its backbones/*.py),
+# so a backbone.pth from insightface loads with strict=True.
+INSIGHTFACE_KEYS = {
+    "mbf": {
+        "layers.0.layers.0.weight": (128, 3, 3, 3),  # ConvBlock(3, 64*2) conv
+        "layers.0.layers.2.weight": (128,),  # its PReLU
+        "layers.1.layers.0.weight": (128, 2, 3, 3),  # ConvBlock(128, 128, groups=64)
+        "layers.2.layers.0.layers.0.weight": (128, 128, 1, 1),  # DepthWise: 1x1 expand to groups=128
+        "layers.3.layers.0.layers.1.layers.0.weight": (128, 1, 3, 3),  # Residual -> DepthWise -> depthwise conv
+        "conv_sep.layers.0.weight": (512, 256, 1, 1),
+        "features.layers.0.layers.0.weight": (512, 1, 7, 7),  # GDC LinearBlock
+        "features.layers.2.weight": (512, 512),  # Linear, no bias
+        "features.layers.3.running_var": (512,),  # BatchNorm1d
+    },
+    "iresnet18": {
+        "conv1.weight": (64, 3, 3, 3),
+        "prelu.weight": (64,),
+        "layer1.0.bn1.weight": (64,),
+        "layer1.0.conv2.weight": (64, 64, 3, 3),
+        "layer1.0.downsample.0.weight": (64, 64, 1, 1),
+        "layer4.1.bn3.running_mean": (512,),
+        "bn2.weight": (512,),
+        "fc.weight": (512, 25088),
+        "fc.bias": (512,),
+        "features.weight": (512,),
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(INSIGHTFACE_KEYS))
+def test_insightface_key_names_and_shapes(name: str) -> None:
+    with torch.device("meta"):
+        state = create_model(name).state_dict()
+    for key, shape in INSIGHTFACE_KEYS[name].items():
+        assert key in state, f"{name} lacks insightface key {key}"
+        assert tuple(state[key].shape) == shape, key
+    assert not any(k.startswith("module.") for k in state)
+
+
+def test_iresnet_features_scale_is_frozen_at_one() -> None:
+    model = create_model("iresnet_nano")
+    assert not model.features.weight.requires_grad and torch.all(model.features.weight == 1)

@@ -104,7 +104,7 @@ class MobileFaceNet(nn.Module):
 
     def __init__(self, blocks: tuple[int, ...] = (1, 4, 6, 2), scale: int = 1, embedding_dim: int = 512):
         super().__init__()
-        self.layers = nn.ModuleList([nn.Sequential(ConvBlock(3, 64 * scale, kernel=3, stride=2, padding=1))])
+        self.layers = nn.ModuleList([ConvBlock(3, 64 * scale, kernel=3, stride=2, padding=1)])
         if blocks[0] == 1:
             self.layers.append(ConvBlock(64 * scale, 64 * scale, kernel=3, stride=1, padding=1, groups=64))
         else:
