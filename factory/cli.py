@@ -117,26 +117,82 @@ def check(recipe: Path, overrides: tuple[str, ...], resolved: bool) -> None:
 
 @main.group()
 def data() -> None:
-    """Look at the data a recipe uses."""
+    """Inspect, preview and convert datasets (and the built-in procedural world)."""
 
 
 @data.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path), required=False)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("previews"), show_default=True)
+@click.argument("source", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("previews"),
+    show_default=True,
+    help="Folder for procedural previews; for a dataset SOURCE, the grid's .png file.",
+)
 @click.option("--identities", default=8, show_default=True, help="Rows per grid (one identity per row).")
 @click.option("--samples", default=6, show_default=True, help="Columns per grid (images of that identity).")
 @_friendly
-def preview(recipe: Path | None, out: Path, identities: int, samples: int) -> None:
-    """Write one PNG grid per demographic group of the procedural world (RECIPE's world, or the built-in one)."""
+def preview(source: Path | None, out: Path, identities: int, samples: int) -> None:
+    """Look at data: a PNG grid per group of the procedural world, or of a dataset.
+
+    SOURCE is a recipe (its world; none for the built-in one) or a dataset (.rec, .bin, RFW root, image folder,
+    list), shown as one grid with a row per group.
+    """
     from factory.data.build import make_world
-    from factory.data.preview import write_previews
+    from factory.data.preview import write_dataset_preview, write_previews
     from factory.recipe import Recipe
 
-    parsed = load_recipe(recipe) if recipe else Recipe()
+    if source is not None and source.suffix not in (".yaml", ".yml"):
+        path = out if out.suffix == ".png" else out / f"{source.stem or source.name}.png"
+        click.echo(str(write_dataset_preview(source, path, per_row=samples)))
+        return
+    parsed = load_recipe(source) if source else Recipe()
     for path in write_previews(
         make_world(parsed.data.world), out, identities=identities, samples=samples, seed=parsed.seed
     ):
         click.echo(str(path))
+
+
+@data.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--sample", default=8, show_default=True, help="How many images to decode as a check.")
+@_friendly
+def inspect(path: Path, as_json: bool, sample: int) -> None:
+    """Identify a dataset, count it and decode a sample of its images.
+
+    Formats: RecordIO .rec, verification .bin, RFW root, image folder (BUPT or ImageFolder), CSV/TSV list.
+    Exits 2 when a sampled image does not decode.
+    """
+    import json
+
+    from factory.data.formats.convert import inspect_data
+
+    info = inspect_data(path, sample=sample)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:<12}{value}")
+    if info["failures"]:
+        sys.exit(EXIT_INPUT)
+
+
+@data.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--to", "target", required=True, type=click.Choice(["imagefolder", "recordio", "bin", "rfw"]))
+@click.argument("out", type=click.Path(path_type=Path))
+@_friendly
+def convert(src: Path, target: str, out: Path) -> None:
+    """Convert SRC to another format at OUT, copying encoded image bytes unchanged.
+
+    imagefolder: OUT/<identity>/<key>.<ext>; recordio: an insightface pack OUT (.rec, .idx, property); bin: OUT
+    (.bin) or OUT/<set>_test.bin per RFW race; rfw: an RFW tree in the empty folder OUT.
+    """
+    from factory.data.formats.convert import convert_data
+
+    for written in convert_data(src, target, out):
+        click.echo(str(written))
 
 
 @main.group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -143,3 +144,148 @@ def test_bin_that_would_run_a_command_is_refused_unexecuted(tmp_path: Path) -> N
     (tmp_path / "entry.bin").write_bytes(pickle.dumps(([b"a", 5], [True])))
     with pytest.raises(ValueError, match=r"entry\.bin: entry 1 is int"):
         VerificationBin.load(tmp_path / "entry.bin")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folders, RFW, alignment, conversion and the data CLI, on fixtures rendered from the procedural world
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[bytes]:
+    from factory.data.procedural import ProceduralFaceWorld, unlabelled_batch
+
+    images = unlabelled_batch(ProceduralFaceWorld(seed=0), 12, step=0, seed=0)["images"].numpy()
+    out = []
+    for img in images:
+        buf = io.BytesIO()
+        Image.fromarray(img.transpose(1, 2, 0)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def write_bupt(root: Path, faces: list[bytes]) -> Path:
+    for i, data in enumerate(faces):
+        folder = root / ("groupA" if i < 6 else "groupB") / f"id{i // 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.png").write_bytes(data)
+    return root
+
+
+def test_bupt_folder_and_list_readers(faces: list[bytes], tmp_path: Path) -> None:
+    from factory.data.formats.folders import read_group_mapping, read_image_folder, read_image_list
+
+    index = read_image_folder(write_bupt(tmp_path / "bupt", faces))
+    assert len(index) == 12 and index.identity_count() == 6 and index.group_names == ["groupA", "groupB"]
+    flat = read_image_folder(tmp_path / "bupt" / "groupA")
+    assert flat.group_names == ["all"] and flat.identity_count() == 3
+    (tmp_path / "map.csv").write_text("id0,x\nid1,x\nid2,y\n")
+    assert flat.with_groups(read_group_mapping(tmp_path / "map.csv")).group_names == ["x", "y"]
+    (tmp_path / "list.csv").write_text(
+        "path,identity,group\nbupt/groupA/id0/0.png,id0,A\nbupt/groupB/id3/6.png,id3,B\n"
+    )
+    listed = read_image_list(tmp_path / "list.csv")
+    assert listed.identities == ["id0", "id3"] and listed.groups == ["A", "B"]
+    (tmp_path / "bad.csv").write_text("bupt/groupA/id0/0.png,id0\nmissing.png,id9\n")
+    with pytest.raises(FileNotFoundError, match=r"bad\.csv:2: .*missing\.png does not exist"):
+        read_image_list(tmp_path / "bad.csv")
+
+
+def test_alignment_maps_landmarks_onto_the_template() -> None:
+    from factory.data.alignment import align_face, similarity_transform
+    from factory.models.contract import ARCFACE_TEMPLATE
+
+    template = np.array(ARCFACE_TEMPLATE)
+    # A 250×250 "photo": the template rotated by 20°, scaled 1.7× and shifted, with a bright dot on each landmark.
+    angle, scale, shift = np.radians(20), 1.7, np.array([60.0, 40.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = template @ (scale * rot).T + shift
+    matrix = similarity_transform(points, template)
+    assert np.abs(points @ matrix[:, :2].T + matrix[:, 2] - template).max() < 1e-9
+    photo = np.zeros((250, 250, 3), np.uint8)
+    for x, y in points.round().astype(int):
+        photo[y - 2 : y + 3, x - 2 : x + 3] = 255
+    aligned = align_face(photo, points)
+    assert aligned.shape == (112, 112, 3)
+    for x, y in template.round().astype(int):
+        assert aligned[y - 1 : y + 2, x - 1 : x + 2].max() > 200  # every landmark landed on its template point
+
+
+def test_rfw_round_trips_through_bin_and_back(faces: list[bytes], tmp_path: Path) -> None:
+    from factory.data.formats.convert import convert_data
+    from factory.data.formats.rfw import load_rfw
+
+    issame = np.array([True, False, True, False, True, False])
+    VerificationBin(faces, issame).save(tmp_path / "Asian_test.bin")
+    convert_data(tmp_path / "Asian_test.bin", "rfw", tmp_path / "rfw")
+    bench = load_rfw(tmp_path / "rfw")
+    assert bench.group_names == ("Asian",) and bench.issame.tolist() == issame.tolist()
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(b))).transpose(2, 0, 1) for b in faces])
+    assert np.array_equal(bench.images, decoded)
+    (written,) = convert_data(tmp_path / "rfw", "bin", tmp_path / "back")
+    again = VerificationBin.load(written)
+    assert written.name == "Asian_test.bin" and again.images == faces and again.issame.tolist() == issame.tolist()
+
+
+def test_rfw_bad_pairs_line_and_missing_image(faces: list[bytes], tmp_path: Path) -> None:
+    from factory.data.formats.convert import convert_data
+    from factory.data.formats.rfw import load_rfw
+
+    VerificationBin(faces[:4], np.array([True, False])).save(tmp_path / "Indian_test.bin")
+    convert_data(tmp_path / "Indian_test.bin", "rfw", tmp_path / "rfw")
+    pairs = tmp_path / "rfw" / "test" / "txts" / "Indian" / "Indian_pairs.txt"
+    pairs.write_text(pairs.read_text() + "p1\tone\ttwo\n")
+    with pytest.raises(ValueError, match=r"Indian_pairs\.txt:3: expected 'id n1 n2'"):
+        load_rfw(tmp_path / "rfw")
+    pairs.write_text("ghost\t1\t2\n")
+    with pytest.raises(FileNotFoundError, match=r"ghost_0001\.jpg: image of a pair"):
+        load_rfw(tmp_path / "rfw")
+
+
+def test_recordio_to_imagefolder_keeps_bytes_and_identities(faces: list[bytes], tmp_path: Path) -> None:
+    from factory.data.formats.convert import convert_data
+
+    # A face whose PNG bytes hold the magic at an aligned offset exercises the split-record path end to end.
+    tricky = faces[0][:16] + MAGIC_BYTES + faces[0][16:]
+    images, labels = [*faces[:5], tricky], [0, 0, 1, 1, 2, 12]
+    write_insightface_pack(tmp_path / "train.rec", images, labels)
+    convert_data(tmp_path / "train.rec", "imagefolder", tmp_path / "folder")
+    written = {(p.parent.name, p.read_bytes()) for p in (tmp_path / "folder").rglob("*.*")}
+    assert written == {(str(lab), img) for lab, img in zip(labels, images, strict=True)}
+    convert_data(tmp_path / "folder", "recordio", tmp_path / "again" / "train.rec")
+    with RecordIOReader(tmp_path / "again" / "train.rec") as reader:
+        back = sorted((reader.label(k), reader.record(k).image) for k in reader.image_keys)
+    # Identity numbers come back in natural order: 0, 1, 2, 12 -> 0, 1, 2, 3.
+    assert back == sorted(zip([0, 0, 1, 1, 2, 3], images, strict=True))
+    assert (tmp_path / "again" / "property").read_text() == "4,112,112\n"
+
+
+def test_data_cli_inspect_convert_preview(faces: list[bytes], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    write_bupt(tmp_path / "bupt", faces)
+    result = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "bupt"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["format"] == "imagefolder" and info["images"] == 12 and info["identities"] == 6
+    assert info["groups"] == {"groupA": 6, "groupB": 6} and info["decoded"] == 8 and info["failures"] == []
+    VerificationBin(faces[:4], np.array([True, False])).save(tmp_path / "lfw.bin")
+    info = json.loads(CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "lfw.bin"), "--json"]).output)
+    assert (info["format"], info["pairs"], info["genuine"], info["impostor"]) == ("bin", 2, 1, 1)
+    result = CliRunner().invoke(
+        main, ["data", "convert", str(tmp_path / "bupt"), "--to", "recordio", str(tmp_path / "p" / "t.rec")]
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "p" / "t.rec"), "--json"]).output)
+    assert (info["format"], info["images"], info["identities"], info["layout"]) == ("recordio", 12, 6, "insightface")
+    result = CliRunner().invoke(main, ["data", "preview", str(tmp_path / "bupt"), "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "g.png") as grid:
+        assert grid.size == (6 * 112 + 5 * 2, 2 * 112 + 2)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "id0").mkdir()
+    (tmp_path / "broken" / "id0" / "x.png").write_bytes(b"not an image")
+    result = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "broken")])
+    assert result.exit_code == 2 and "x.png: cannot identify image file" in result.output

@@ -65,3 +65,26 @@ def write_previews(
             Image.fromarray(preview_grid(images, identities, samples)).save(tmp, format="PNG")
         paths.append(path)
     return paths
+
+
+def write_dataset_preview(source: str | os.PathLike[str], path: str | os.PathLike[str], per_row: int = 6) -> Path:
+    """One PNG grid of a dataset: a row per group with its first ``per_row`` images, shown at 112×112."""
+    import io
+
+    from factory.data.formats.convert import sample_images
+
+    rows = sample_images(source, per_row)
+    tiles = []
+    for images in rows.values():
+        for k in range(per_row):
+            if k < len(images):
+                data = images[k]
+                with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+                    tile = np.asarray(img.convert("RGB").resize((112, 112), Image.Resampling.BILINEAR))
+            else:
+                tile = np.full((112, 112, 3), 255, np.uint8)
+            tiles.append(tile.transpose(2, 0, 1))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(preview_grid(np.stack(tiles), len(rows), per_row)).save(tmp, format="PNG")
+    return path
