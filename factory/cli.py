@@ -195,6 +195,46 @@ def convert(src: Path, target: str, out: Path) -> None:
         click.echo(str(written))
 
 
+@data.command()
+@click.argument("sources", nargs=-1, required=True, metavar="NAME=PATH:RATIO...")
+@click.option(
+    "--groups",
+    "mapping",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="identity,group file for sources without group folders.",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the mix as a path,identity,group CSV."
+)
+@_friendly
+def mix(sources: tuple[str, ...], mapping: Path | None, seed: int, out: Path | None) -> None:
+    """Mix labelled sources group by group, e.g. real=bupt/:0.7 synthetic=dcface/:0.3, and print the composition.
+
+    Each PATH is an image folder (BUPT <group>/<identity>/ or <identity>/) or a CSV/TSV list; every group gets
+    each source's ratio of its images.
+    """
+    from factory.data.formats.folders import read_group_mapping, read_image_folder, read_image_list
+    from factory.data.mixing import mix_sources, write_image_list
+
+    indexes, ratios = {}, {}
+    groups = read_group_mapping(mapping) if mapping else None
+    for spec in sources:
+        name, sep, rest = spec.partition("=")
+        path, _, ratio = rest.rpartition(":")
+        if not sep or not path or not ratio:
+            raise click.UsageError(f"expected NAME=PATH:RATIO, got {spec!r}")
+        src = Path(path)
+        index = read_image_folder(src) if src.is_dir() else read_image_list(src)
+        if groups is not None and index.group_names == ["all"]:
+            index = index.with_groups(groups)
+        indexes[name], ratios[name] = index, float(ratio)
+    mixture = mix_sources(indexes, ratios, seed=seed)
+    click.echo(mixture.composition_table())
+    if out is not None:
+        click.echo(str(write_image_list(out, mixture.images)))
+
+
 @main.group()
 def models() -> None:
     """The model zoo: every architecture the factory builds."""
