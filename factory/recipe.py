@@ -40,7 +40,10 @@ class DataConfig:
     """What the data stage renders once and caches."""
 
     world: WorldConfig = field(default_factory=WorldConfig)
-    benchmark_pairs_per_group: int = 600  # RFW-like: 10 folds, half genuine, half impostor
+    # A real benchmark instead of the procedural one: an insightface verification .bin (one group) or an RFW root
+    # (a group per race), with aligned 112x112 images or RFW landmark files.
+    benchmark: str | None = field(default=None, metadata={"path": True})
+    benchmark_pairs_per_group: int = 600  # procedural, RFW-like: 10 folds, half genuine, half impostor
     calibration_images: int = 300  # for INT8 calibration; identities disjoint from the benchmark
     preview_identities: int = 6
     preview_samples: int = 6

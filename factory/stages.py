@@ -7,6 +7,8 @@ hashes, make up its cache key (see :mod:`factory.pipeline`).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from factory.files import sha256_file
@@ -24,10 +26,33 @@ def _lazy(module: str, function: str) -> Any:
     return run
 
 
+def fingerprint(path: str) -> str:
+    """What identifies an input from outside the run.
+
+    A file's sha256 (an OpenVINO ``.bin`` beside its ``.xml`` included), or for a folder (an RFW tree) the names,
+    sizes and modification times of its files: hashing every image of a large benchmark at each build is too slow.
+    """
+    p = Path(path)
+    if p.is_file():
+        digest = sha256_file(p)
+        return digest + (sha256_file(p.with_suffix(".bin")) if p.suffix == ".xml" else "")
+    listing = sorted(
+        (str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in p.rglob("*") if f.is_file()
+    )
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def _data_settings(r: Recipe) -> dict[str, Any]:
+    settings = {"data": r.data, "seed": r.seed}
+    if r.data.benchmark:
+        settings["benchmark_fingerprint"] = fingerprint(r.data.benchmark)
+    return settings
+
+
 def _teacher_settings(r: Recipe) -> dict[str, Any]:
     settings = {"teacher": r.teacher, "world": r.data.world, "seed": r.seed}
     if r.teacher.checkpoint:
-        settings["checkpoint_sha256"] = sha256_file(r.teacher.checkpoint)
+        settings["checkpoint_sha256"] = fingerprint(r.teacher.checkpoint)
     return settings
 
 
@@ -35,7 +60,8 @@ def _validate_summary(m: dict[str, Any]) -> str:
     parts = []
     for name in ("teacher", "torch_fp32", "openvino_int8"):
         fairness = m["artifacts"][name]["evaluation"]["fairness"]
-        parts.append(f"{name} {100 * fairness['mean']:.2f}% (STD {100 * fairness['std']:.2f})")
+        std = "-" if fairness["std"] is None else f"{100 * fairness['std']:.2f}"
+        parts.append(f"{name} {100 * fairness['mean']:.2f}% (STD {std})")
     return ", ".join(parts)
 
 
@@ -43,7 +69,7 @@ register_stage(
     Stage(
         name="data",
         needs=(),
-        settings=lambda r: {"data": r.data, "seed": r.seed},
+        settings=_data_settings,
         run=_lazy("factory.data.build", "build_data"),
         summary=lambda m: (
             f"{len(m['groups'])} groups, {m['benchmark_pairs']} benchmark pairs, "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from factory.data.benchmark import build_benchmark
+from factory.data.benchmark import PairBenchmark, build_benchmark
 from factory.data.preview import write_previews
 from factory.data.procedural import ProceduralFaceWorld, load_taxonomy, unlabelled_batch
 from factory.files import atomic_path
@@ -38,7 +39,10 @@ def build_data(ctx: StageContext) -> dict[str, Any]:
     """Write ``benchmark.npz`` (RFW-like pairs per group), ``calibration.npz`` and ``previews/<group>.png``."""
     cfg, seed = ctx.recipe.data, ctx.recipe.seed
     world = make_world(cfg.world)
-    bench = build_benchmark(world, pairs_per_group=cfg.benchmark_pairs_per_group, seed=seed, progress=ctx.progress)
+    if cfg.benchmark:
+        bench = load_real_benchmark(cfg.benchmark)
+    else:
+        bench = build_benchmark(world, pairs_per_group=cfg.benchmark_pairs_per_group, seed=seed, progress=ctx.progress)
     bench.save(ctx.work_dir / BENCHMARK_FILE)
     # Calibration identities come from their own split: INT8 ranges never see a benchmark face.
     calibration = render_unlabelled(world, cfg.calibration_images, seed, CALIBRATION_SPLIT)
@@ -55,6 +59,28 @@ def build_data(ctx: StageContext) -> dict[str, Any]:
         "calibration_images": int(len(calibration)),
         "previews": [p.name for p in previews],
     }
+
+
+def load_real_benchmark(path: str) -> PairBenchmark:
+    """A user's benchmark as pairs with groups.
+
+    A verification ``.bin`` is one group named after the file; an RFW root has a group per race.
+    """
+    from factory.data.formats.rfw import decode_face, load_rfw
+    from factory.data.formats.verification_bin import VerificationBin
+
+    source = Path(path)
+    if source.is_dir():
+        return load_rfw(source)
+    data = VerificationBin.load(source)
+    images = np.stack([decode_face(b, f"{source}: entry {i}") for i, b in enumerate(data.images)])
+    return PairBenchmark(
+        images=images,
+        issame=data.issame,
+        groups=np.zeros(len(data.issame), dtype=np.int64),
+        subjects=np.arange(len(images)),  # a .bin has no identities: every image its own subject
+        group_names=(source.stem.removesuffix("_test"),),
+    )
 
 
 def load_calibration(path: Any) -> np.ndarray:

@@ -98,7 +98,8 @@ def accuracy_table(metrics: dict[str, Any]) -> str:
         ser = fair["ser"]
         ser_text = f"{ser:>7.2f}" if isinstance(ser, (int, float)) and ser is not None else f"{str(ser):>7}"
         ms = f"{entry['latency']['median_ms']:>8.2f}" if "latency" in entry else f"{'-':>8}"
-        lines.append(f"{name:<14}{accs}{100 * fair['mean']:>9.2f}{100 * fair['std']:>8.2f}{ser_text}{ms}")
+        std = f"{'-':>8}" if fair["std"] is None else f"{100 * fair['std']:>8.2f}"
+        lines.append(f"{name:<14}{accs}{100 * fair['mean']:>9.2f}{std}{ser_text}{ms}")
     return "\n".join(lines)
 
 

@@ -25,7 +25,9 @@ class GateResult:
         return asdict(self)
 
 
-def _row(artifact: str, gate: str, value: float, limit: float, comparison: str) -> GateResult:
+def _row(artifact: str, gate: str, value: float | None, limit: float, comparison: str) -> GateResult:
+    if value is None:  # not measurable (the STD of a one-group benchmark): a gate that cannot be checked fails
+        return GateResult(artifact, gate + " (n/a)", float("nan"), float(limit), comparison, False)
     passed = value >= limit if comparison == ">=" else value <= limit
     return GateResult(artifact, gate, float(value), float(limit), comparison, bool(passed))
 
