@@ -75,6 +75,8 @@ class TeacherConfig:
     # of `model`, or a black-box ONNX / OpenVINO / TorchScript file.
     checkpoint: str | None = field(default=None, metadata={"path": True})
     normalization: Literal["arcface", "legacy128"] | None = None  # input convention of the checkpoint (None: its own)
+    # Labelled training images instead of procedural identities: a RecordIO pack, a labelled folder or a list.
+    train_data: str | None = field(default=None, metadata={"path": True})
     identities_per_group: int = 100
     head: str = field(default="cosface", metadata={"registry": "head"})
     margin: float = 0.35
@@ -87,6 +89,8 @@ class DistillConfig:
     """Label-free feature distillation of the student on online procedural faces."""
 
     student: str = field(default="tinyfar_a", metadata={"registry": "model"})
+    # Images to distill on instead of online procedural faces: a flat folder, a list or a RecordIO pack.
+    data: str | None = field(default=None, metadata={"path": True})
     loss: Literal["mse"] = "mse"
     normalize: bool = False  # SynthDistill uses raw embeddings; QuantFace/MST-KD normalise first
     train: TrainConfig = field(

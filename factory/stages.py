@@ -53,6 +53,15 @@ def _teacher_settings(r: Recipe) -> dict[str, Any]:
     settings = {"teacher": r.teacher, "world": r.data.world, "seed": r.seed}
     if r.teacher.checkpoint:
         settings["checkpoint_sha256"] = fingerprint(r.teacher.checkpoint)
+    if r.teacher.train_data:
+        settings["train_data_fingerprint"] = fingerprint(r.teacher.train_data)
+    return settings
+
+
+def _distill_settings(r: Recipe) -> dict[str, Any]:
+    settings = {"distill": r.distill, "world": r.data.world, "seed": r.seed}
+    if r.distill.data:
+        settings["data_fingerprint"] = fingerprint(r.distill.data)
     return settings
 
 
@@ -96,7 +105,7 @@ register_stage(
     Stage(
         name="distill",
         needs=("teacher",),
-        settings=lambda r: {"distill": r.distill, "world": r.data.world, "seed": r.seed},
+        settings=_distill_settings,
         run=_lazy("factory.distill.feature_kd", "distill_student"),
         summary=lambda m: (
             f"{m['student']} ({m['params'] / 1e6:.2f} M params) from {m['teacher']}, {m['steps']} steps, "

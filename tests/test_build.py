@@ -231,3 +231,33 @@ def test_build_validates_on_a_real_verification_bin(first_build: tuple[Path, int
 
     std_rows = [r for r in evaluate_gates(GatesConfig(max_std=0.05), metrics) if "STD" in r.gate]
     assert std_rows and all(not r.passed and r.gate == "accuracy STD (n/a)" for r in std_rows)
+
+
+def test_teacher_and_distillation_train_on_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from factory.data.procedural import ProceduralFaceWorld, identity_set, labelled_batch, unlabelled_batch
+    from factory.pipeline import build as run_build
+    from factory.recipe import load_recipe
+
+    world = ProceduralFaceWorld(seed=0)
+    ids = identity_set(world, "files", per_group=2, seed=0)
+    images, labels, groups = labelled_batch(world, ids, 48, step=0, seed=0)
+    for k, (img, label, group) in enumerate(zip(images.numpy(), labels.tolist(), groups.tolist(), strict=True)):
+        folder = tmp_path / "bupt" / world.group_names[group] / f"id{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{k}.png")
+    (tmp_path / "flat").mkdir()
+    for k, img in enumerate(unlabelled_batch(world, 24, step=0, seed=1)["images"].numpy()):
+        Image.fromarray(img.transpose(1, 2, 0)).save(tmp_path / "flat" / f"{k}.png")
+
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        *TINY,
+        f"teacher.train_data={tmp_path / 'bupt'}",
+        f"distill.data={tmp_path / 'flat'}",
+    ]
+    result = run_build(load_recipe(RECIPE, overrides), until="distill")
+    teacher = result.stages["teacher"].metrics
+    assert teacher["data"] == str(tmp_path / "bupt") and teacher["identities"] == len(set(labels.tolist()))
+    assert result.stages["distill"].metrics["steps"] == 12

@@ -12,6 +12,7 @@ import torch
 
 from factory.data.build import make_world
 from factory.data.procedural import unlabelled_batch
+from factory.data.sources import UnlabelledImages, file_batch
 from factory.distill.tasks import FeatureDistillTask
 from factory.models.checkpoint import save_model
 from factory.models.zoo import count_params, create_model
@@ -34,9 +35,17 @@ def distill_student(ctx: StageContext) -> dict[str, Any]:
     student = create_model(cfg.student)
     batch_size = cfg.train.batch_size
 
-    def batches(step: int) -> dict[str, Any]:
-        batch = unlabelled_batch(world, batch_size, step, recipe.seed, split=DISTILL_SPLIT)
-        return {"pixels": batch["images"], "groups": batch["group"]}
+    if cfg.data:
+        images = UnlabelledImages(cfg.data, size=student.contract.input_size[0])
+
+        def batches(step: int) -> dict[str, Any]:
+            return {"pixels": torch.stack(file_batch(images, batch_size, step, recipe.seed))}
+
+    else:
+
+        def batches(step: int) -> dict[str, Any]:
+            batch = unlabelled_batch(world, batch_size, step, recipe.seed, split=DISTILL_SPLIT)
+            return {"pixels": batch["images"], "groups": batch["group"]}
 
     task = FeatureDistillTask(teacher, normalize=cfg.normalize)
     result = fit(student, task, batches, cfg.train, ctx.work_dir, "distill", ctx.progress)

@@ -15,6 +15,7 @@ from torch import nn
 
 from factory.data.build import make_world
 from factory.data.procedural import identity_set, labelled_batch
+from factory.data.sources import file_batch, identity_count, open_labelled
 from factory.files import atomic_path, read_json, sha256_file, write_json
 from factory.models.checkpoint import load_model, save_model
 from factory.models.contract import ModelContract
@@ -40,23 +41,36 @@ def train_teacher(ctx: StageContext) -> dict[str, Any]:
         return adopt_teacher(ctx, Path(cfg.checkpoint))
 
     torch.manual_seed(recipe.seed)
-    world = make_world(recipe.data.world)
-    ids = identity_set(world, TEACHER_SPLIT, per_group=cfg.identities_per_group, seed=recipe.seed)
     model = create_model(cfg.model)
-    head = create_head(cfg.head, model.contract.embedding_dim, len(ids.keys), scale=cfg.scale, margin=cfg.margin)
     batch_size = cfg.train.batch_size
+    if cfg.train_data:
+        dataset = open_labelled(cfg.train_data, size=model.contract.input_size[0])
+        classes = identity_count(dataset)
 
-    def batches(step: int) -> dict[str, Any]:
-        pixels, labels, groups = labelled_batch(world, ids, batch_size, step, recipe.seed)
-        return {"pixels": pixels, "labels": labels, "groups": groups}
+        def batches(step: int) -> dict[str, Any]:
+            items = file_batch(dataset, batch_size, step, recipe.seed)
+            return {"pixels": torch.stack([i[0] for i in items]), "labels": torch.tensor([i[1] for i in items])}
+
+    else:
+        world = make_world(recipe.data.world)
+        ids = identity_set(world, TEACHER_SPLIT, per_group=cfg.identities_per_group, seed=recipe.seed)
+        classes = len(ids.keys)
+
+        def batches(step: int) -> dict[str, Any]:
+            pixels, labels, groups = labelled_batch(world, ids, batch_size, step, recipe.seed)
+            return {"pixels": pixels, "labels": labels, "groups": groups}
+
+    head = create_head(cfg.head, model.contract.embedding_dim, classes, scale=cfg.scale, margin=cfg.margin)
 
     result = fit(model, MarginClassificationTask(head), batches, cfg.train, ctx.work_dir, "teacher", ctx.progress)
-    save_model(out, model, extra={"identities": len(ids.keys), "split": TEACHER_SPLIT, "steps": result.steps})
+    source = cfg.train_data or f"procedural:{TEACHER_SPLIT}"
+    save_model(out, model, extra={"identities": classes, "data": source, "steps": result.steps})
     clear_resume(ctx.work_dir)
     return {
         "model": cfg.model,
         "params": count_params(model),
-        "identities": len(ids.keys),
+        "identities": classes,
+        "data": source,
         "steps": result.steps,
         "resumed_from": result.resumed_from,
         "images_per_second": result.images_per_second,
