@@ -235,6 +235,86 @@ def mix(sources: tuple[str, ...], mapping: Path | None, seed: int, out: Path | N
         click.echo(str(write_image_list(out, mixture.images)))
 
 
+@main.command("eval")
+@click.argument("benchmark", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "model_name", metavar="NAME", help="Zoo architecture (with --weights).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="Weights for --model.")
+@click.option(
+    "--artifact",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An exported model: .onnx, .xml (OpenVINO), .engine (TensorRT), TorchScript or a checkpoint.",
+)
+@click.option(
+    "--embeddings",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Precomputed .npz: embeddings (2N×D), issame (N), optional groups (N) and subjects (2N).",
+)
+@click.option("--flip/--no-flip", default=True, show_default=True, help="insightface flip fusion.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full evaluation as JSON.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Write DET, histogram, accuracy PNGs.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Subject-level bootstrap replicates.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@_friendly
+def eval_command(
+    benchmark: Path | None,
+    model_name: str | None,
+    weights: Path | None,
+    artifact: Path | None,
+    embeddings: Path | None,
+    flip: bool,
+    as_json: bool,
+    plots: Path | None,
+    bootstrap: int,
+    batch_size: int,
+    threads: int,
+) -> None:
+    """Evaluate a model on BENCHMARK, or precomputed --embeddings.
+
+    BENCHMARK is a .bin set, an RFW root, a pairs list (image1,image2,issame[,group]), a benchmark .npz or the word
+    `procedural`. Reports per-group accuracy (insightface protocol), TAR@FAR, STD/SER and operational fairness at one
+    global threshold (FMR/FNMR per group, max/geomean, GARBE, FDR, bootstrap intervals).
+    """
+    import json
+
+    from factory.evaluate.evaluate_cli import benchmark_from_embeddings, embed_benchmark, evaluate_and_plot
+
+    if embeddings is not None:
+        vectors, bench = benchmark_from_embeddings(embeddings)
+    else:
+        if benchmark is None or (model_name is None) == (artifact is None):
+            raise click.UsageError("give BENCHMARK and exactly one of --model/--artifact, or --embeddings FILE")
+        from factory.data.build import load_real_benchmark
+        from factory.export.runtimes import torch_runner
+        from factory.models.loading import RunnerModule, load_any_model, load_backbone
+
+        if str(benchmark) == "procedural":
+            from factory.data.benchmark import build_benchmark
+            from factory.data.procedural import ProceduralFaceWorld
+
+            bench = build_benchmark(ProceduralFaceWorld(seed=0), pairs_per_group=600, seed=0)
+        else:
+            bench = load_real_benchmark(str(benchmark))
+        model = load_any_model(artifact, threads=threads) if artifact else load_backbone(model_name, weights)
+        runner = model.runner if isinstance(model, RunnerModule) else torch_runner(model.eval(), threads=threads)
+        vectors = embed_benchmark(runner, bench, flip, batch_size, sys.stderr.isatty())
+    report = evaluate_and_plot(vectors, bench, plots, replicates=bootstrap)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    fair = report["fairness"]
+    for name, group in report["groups"].items():
+        click.echo(f"{name:<14}{100 * group['accuracy_mean']:>8.2f} ± {100 * group['accuracy_std']:.2f}")
+    std = "-" if fair["std"] is None else f"{100 * fair['std']:.2f}"
+    click.echo(f"{'mean':<14}{100 * fair['mean']:>8.2f}   STD {std}   SER {fair['ser']}")
+    for key, block in report["operational"].items():
+        flag = "" if block["supported"] else "  (too few impostors for this FMR: rule of 3)"
+        rates = ", ".join(
+            f"{g} FMR {e['fmr']:.2g} FNMR {e['fnmr']:.3f}" for g, e in block["groups"].items() if e["fmr"] is not None
+        )
+        click.echo(f"FMR {key}: threshold {block['threshold']:.4f}; {rates}{flag}")
+
+
 @main.group()
 def models() -> None:
     """The model zoo: every architecture the factory builds."""

@@ -45,6 +45,7 @@ RELEASE_FILES = {
     "fairness.png",
     "golden_input.npy",
     "golden_input.png",
+    "ledger.png",
     "manifest.json",
     "recipe.resolved.yaml",
     "report.md",
@@ -101,6 +102,9 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
         "latency ms (b1)",
         "INT8 drop vs FP32",
     }
+    ledger = manifest["fairness_ledger"]
+    assert [r["stage"] for r in ledger] == ["teacher", "torch_fp32", "onnx_fp32", "openvino_fp32", "openvino_int8"]
+    assert "## Fairness ledger" in (release / "report.md").read_text()
     groups = manifest["artifacts"]["openvino_int8"]["metrics"]["evaluation"]["groups"]
     assert len(groups) >= 4
     assert manifest["lineage"]["recipe"]["distill"]["train"]["steps"] == 12

@@ -199,3 +199,95 @@ def test_latency_median_of_timed_calls() -> None:
     assert len(calls) == 10
     assert 0 < result.min_ms <= result.median_ms <= result.max_ms
     assert result.repeats == 7 and result.threads == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TAR@FAR, ROC and operational fairness
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_roc_curve_at_every_distinct_score() -> None:
+    from factory.evaluate.verification import roc_curve
+
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.1])
+    issame = np.array([True, False, True, True, False])
+    fmr, tmr, thresholds = roc_curve(scores, issame)
+    assert thresholds.tolist() == [np.inf, 0.9, 0.8, 0.3, 0.1]
+    assert tmr.tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1, 1])
+    assert fmr.tolist() == pytest.approx([0, 0, 0.5, 0.5, 1])
+
+
+def test_threshold_at_fmr_never_exceeds_the_target() -> None:
+    from factory.evaluate.operational import supports_target, threshold_at_fmr
+
+    impostors = np.arange(1000) / 1000.0  # 0.000 .. 0.999
+    t = threshold_at_fmr(impostors, 1e-2)  # 10 false matches allowed: accept only the top 10 (0.990 .. 0.999)
+    assert (impostors >= t).sum() == 10 and t > 0.989
+    assert (impostors >= threshold_at_fmr(impostors, 1e-3)).sum() == 1
+    assert (impostors >= threshold_at_fmr(impostors, 1e-4)).sum() == 0
+    assert supports_target(3000, 1e-3) and not supports_target(2999, 1e-3)
+
+
+def test_gini_garbe_fdr_golden() -> None:
+    from factory.evaluate.operational import gini, summary_measures
+
+    # Gini of (1, 3): n/(n-1) * sum|xi-xj| / (2 n^2 mean) = 2 * 4 / (2 * 4 * 2) = 0.5
+    assert gini([1.0, 3.0]) == pytest.approx(0.5)
+    assert gini([2.0, 2.0, 2.0]) == 0.0 and gini([0.0, 0.0]) == 0.0
+    s = summary_measures(fmr=[0.001, 0.004], fnmr=[0.02, 0.02])
+    assert s["fmr_max_geomean"] == pytest.approx(0.004 / 0.002)  # geomean of 0.001 and 0.004 is 0.002
+    assert s["fmr_max_min"] == pytest.approx(4.0) and s["fnmr_max_min"] == pytest.approx(1.0)
+    assert s["garbe"] == pytest.approx(0.5 * gini([0.001, 0.004]) + 0.5 * 0.0)
+    assert s["fdr"] == pytest.approx(1 - 0.5 * 0.003)
+    zero = summary_measures(fmr=[0.0, 0.01], fnmr=[0.0, 0.0])
+    assert zero["fmr_max_geomean"] == "not estimable" and zero["fmr_max_min"] == "inf"
+    assert zero["fnmr_max_min"] == "not estimable"
+
+
+def test_operational_fairness_per_group_at_one_threshold() -> None:
+    from factory.evaluate.operational import operational_fairness
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    groups = np.repeat([0, 1], n // 2)
+    issame = np.tile([True, False], n // 2)
+    # Group 1's impostors look more alike: at a global threshold it gets more false matches.
+    scores = np.where(issame, rng.normal(0.7, 0.1, n), rng.normal(0.0, 0.1, n) + 0.15 * groups)
+    subjects = np.arange(n) // 2
+    result = operational_fairness(scores, issame, groups, ["a", "b"], subjects, targets=(1e-2, 1e-3), replicates=200)
+    block = result["1e-02"]
+    assert block["fmr"] <= 1e-2 and block["supported"]  # 2000 impostors >= 3 / 1e-2
+    a, b = block["groups"]["a"], block["groups"]["b"]
+    assert a["impostors"] == b["impostors"] == n // 4
+    assert b["fmr"] > a["fmr"]
+    assert a["fmr_ci"][0] <= a["fmr"] <= a["fmr_ci"][1] and b["fnmr_ci"][0] <= b["fnmr"] <= b["fnmr_ci"][1]
+    assert a["fmr_supported"]  # 1000 impostors in the group back FMR 1e-2 (>= 300) ...
+    fine = result["1e-03"]
+    assert not fine["supported"] and not fine["groups"]["a"]["fmr_supported"]  # ... but not 1e-3 (< 3000)
+    assert fine["summary"]["fmr_max_min"] in ("inf", "not estimable") or fine["groups"]["a"]["fmr"] > 0
+
+
+def loop_tar_at_far(dist: np.ndarray, issame: np.ndarray, target: float) -> tuple[float, float, float]:
+    """insightface's calculate_val written plainly (np.interp in place of the crashing scipy interp1d)."""
+    folds = np.array_split(np.arange(len(dist)), 10)
+    tars, fars = [], []
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(dist)), test)
+        far_train = np.array([np.mean(dist[train][~issame[train]] < t) for t in THRESHOLDS])
+        threshold = np.interp(target, far_train, THRESHOLDS) if far_train.max() >= target else 0.0
+        accept = dist[test] < threshold
+        tars.append(accept[issame[test]].mean())
+        fars.append(accept[~issame[test]].mean())
+    return float(np.mean(tars)), float(np.std(tars)), float(np.mean(fars))
+
+
+@pytest.mark.parametrize("target", [1e-3, 1e-2, 0.1])
+def test_tar_at_far_equals_the_plain_loop(target: float) -> None:
+    from factory.evaluate.verification import tar_at_far
+
+    rng = np.random.default_rng(1)
+    issame = np.tile([True, False], 300)
+    dist = np.where(issame, rng.normal(0.9, 0.3, 600), rng.normal(1.7, 0.25, 600)).clip(0, 3.99)
+    got = tar_at_far(dist, issame, target)
+    tar, tar_std, far = loop_tar_at_far(dist, issame, target)
+    assert (got["tar"], got["tar_std"], got["far"]) == pytest.approx((tar, tar_std, far), abs=1e-12)

@@ -72,6 +72,10 @@ def load_real_benchmark(path: str) -> PairBenchmark:
     source = Path(path)
     if source.is_dir():
         return load_rfw(source)
+    if source.suffix == ".npz":
+        return PairBenchmark.load(source)
+    if source.suffix in (".csv", ".txt", ".tsv"):
+        return load_pairs_list(source)
     data = VerificationBin.load(source)
     images = np.stack([decode_face(b, f"{source}: entry {i}") for i, b in enumerate(data.images)])
     return PairBenchmark(
@@ -80,6 +84,35 @@ def load_real_benchmark(path: str) -> PairBenchmark:
         groups=np.zeros(len(data.issame), dtype=np.int64),
         subjects=np.arange(len(images)),  # a .bin has no identities: every image its own subject
         group_names=(source.stem.removesuffix("_test"),),
+    )
+
+
+def load_pairs_list(path: Path) -> PairBenchmark:
+    """A pairs list: ``image1,image2,issame[,group]`` per line (TAB also accepted), aligned 112×112 images."""
+    from factory.data.formats.rfw import decode_face
+
+    images, issame, groups, names = [], [], [], {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = [f.strip() for f in line.replace("\t", ",").split(",")]
+        if not line.strip() or line.startswith("#"):
+            continue
+        if len(fields) not in (3, 4) or fields[2].lower() not in ("0", "1", "true", "false"):
+            raise ValueError(f"{path}:{number}: expected image1,image2,issame(0/1)[,group], got {line!r}")
+        for name in fields[:2]:
+            image = Path(name) if Path(name).is_absolute() else path.parent / name
+            if not image.is_file():
+                raise FileNotFoundError(f"{path}:{number}: {image} does not exist")
+            images.append(decode_face(image, f"{path}:{number}: {image}"))
+        issame.append(fields[2].lower() in ("1", "true"))
+        groups.append(names.setdefault(fields[3] if len(fields) == 4 else "all", len(names)))
+    if not issame:
+        raise ValueError(f"{path}: no pairs")
+    return PairBenchmark(
+        images=np.stack(images),
+        issame=np.array(issame),
+        groups=np.array(groups),
+        subjects=np.arange(len(images)),
+        group_names=tuple(names),
     )
 
 

@@ -11,7 +11,15 @@ from tqdm import tqdm
 
 from factory.data.benchmark import PairBenchmark
 from factory.evaluate.fairness import FairnessSummary, summarize_groups
-from factory.evaluate.verification import VerificationResult, fuse_flip, l2_normalize, verify_pairs
+from factory.evaluate.operational import DEFAULT_TARGETS, operational_fairness
+from factory.evaluate.verification import (
+    VerificationResult,
+    fuse_flip,
+    l2_normalize,
+    pair_distances,
+    tar_at_far,
+    verify_pairs,
+)
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
@@ -23,13 +31,16 @@ class BenchmarkResult:
     groups: dict[str, VerificationResult]
     overall: VerificationResult
     fairness: FairnessSummary
+    tar_at_far: dict[str, dict[str, float]]
+    operational: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"groups": {g: {...accuracy_mean...}}, "overall": {...}, "fairness": {mean, std, ser, ...}}``."""
+        """The evaluation JSON (schema in README: groups, overall with tar_at_far, fairness, operational)."""
         return {
             "groups": {name: result.to_dict() for name, result in self.groups.items()},
-            "overall": self.overall.to_dict(),
+            "overall": {**self.overall.to_dict(), "tar_at_far": self.tar_at_far},
             "fairness": self.fairness.to_dict(),
+            "operational": self.operational,
         }
 
 
@@ -48,8 +59,17 @@ def embed_images(
     return np.concatenate(out).astype(np.float32)
 
 
-def evaluate_embeddings(embeddings: np.ndarray, bench: PairBenchmark) -> BenchmarkResult:
-    """The protocol per group (each group's pairs in file order, so its own 10 folds) and over all pairs."""
+def evaluate_embeddings(
+    embeddings: np.ndarray,
+    bench: PairBenchmark,
+    targets: tuple[float, ...] = DEFAULT_TARGETS,
+    replicates: int = 1000,
+) -> BenchmarkResult:
+    """Everything measured on one benchmark's embeddings.
+
+    The protocol per group (each group's pairs in file order, so its own 10 folds) and over all pairs, TAR@FAR per
+    fold, and operational fairness at one global threshold per target FMR.
+    """
     if len(embeddings) != len(bench.images):
         raise ValueError(f"{len(embeddings)} embeddings for a benchmark of {len(bench.images)} images")
     groups = {}
@@ -59,11 +79,22 @@ def evaluate_embeddings(embeddings: np.ndarray, bench: PairBenchmark) -> Benchma
         groups[name] = verify_pairs(embeddings[rows], bench.issame[pairs])
     overall = verify_pairs(embeddings, bench.issame)
     fairness = summarize_groups({name: r.accuracy_mean for name, r in groups.items()})
-    return BenchmarkResult(groups=groups, overall=overall, fairness=fairness)
+    dist = pair_distances(embeddings)
+    operational = operational_fairness(
+        1.0 - dist / 2.0, bench.issame, bench.groups, bench.group_names, bench.subjects[0::2], targets, replicates
+    )
+    far = {f"{t:.0e}": tar_at_far(dist, bench.issame, t) for t in targets}
+    return BenchmarkResult(groups, overall, fairness, tar_at_far=far, operational=operational)
 
 
 def evaluate_benchmark(
-    embed: Embed, bench: PairBenchmark, batch_size: int = 64, flip: bool = True, progress: str | None = None
+    embed: Embed,
+    bench: PairBenchmark,
+    batch_size: int = 64,
+    flip: bool = True,
+    progress: str | None = None,
+    replicates: int = 1000,
 ) -> BenchmarkResult:
     """Embed every benchmark image with ``embed`` and run :func:`evaluate_embeddings`."""
-    return evaluate_embeddings(embed_images(embed, bench.images, batch_size, flip, progress), bench)
+    embeddings = embed_images(embed, bench.images, batch_size, flip, progress)
+    return evaluate_embeddings(embeddings, bench, replicates=replicates)

@@ -125,3 +125,45 @@ def verify_pairs(embeddings: np.ndarray, issame: np.ndarray, n_folds: int = N_FO
     if len(embeddings) != 2 * len(issame):
         raise ValueError(f"{len(embeddings)} embedding rows for {len(issame)} pairs (expected {2 * len(issame)})")
     return verify_distances(pair_distances(embeddings), issame, n_folds)
+
+
+def tar_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float, n_folds: int = N_FOLDS) -> dict[str, float]:
+    """Insightface's per-fold TAR@FAR (``calculate_val``), with ``np.interp`` as the working interpolation.
+
+    On the other nine folds the distance threshold reaching ``far_target`` is interpolated over the grid's
+    (non-decreasing) FAR curve (threshold 0 when the target is never reached); the held-out fold is scored there.
+
+    Returns:
+        ``{"tar": mean, "tar_std": population std, "far": mean}`` over folds.
+    """
+    dist, issame = np.asarray(dist, np.float64), np.asarray(issame, bool)
+    folds = fold_slices(len(dist), n_folds)
+    tars, fars = [], []
+    for fold in folds:
+        train = np.ones(len(dist), bool)
+        train[fold] = False
+        impostor = np.sort(dist[train & ~issame])
+        far_curve = np.searchsorted(impostor, THRESHOLDS, side="left") / max(len(impostor), 1)
+        threshold = float(np.interp(far_target, far_curve, THRESHOLDS)) if far_curve.max() >= far_target else 0.0
+        test_d, test_same = dist[fold], issame[fold]
+        accepted = test_d < threshold
+        tars.append(float(accepted[test_same].mean()) if test_same.any() else float("nan"))
+        fars.append(float(accepted[~test_same].mean()) if (~test_same).any() else float("nan"))
+    return {"tar": float(np.mean(tars)), "tar_std": float(np.std(tars)), "far": float(np.mean(fars))}
+
+
+def roc_curve(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC over all pairs at every distinct similarity score (sklearn's ``drop_intermediate=False``).
+
+    Returns ``(fmr, tmr, thresholds)`` with thresholds decreasing; a pair is accepted when ``score >= threshold``.
+    The first point is ``(0, 0)`` at ``+inf``.
+    """
+    scores, issame = np.asarray(scores, np.float64), np.asarray(issame, bool)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_same = scores[order], issame[order]
+    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]  # last index of each distinct score
+    tp = np.cumsum(sorted_same)[last]
+    fp = np.cumsum(~sorted_same)[last]
+    tmr = np.r_[0.0, tp / max(issame.sum(), 1)]
+    fmr = np.r_[0.0, fp / max((~issame).sum(), 1)]
+    return fmr, tmr, np.r_[np.inf, sorted_scores[last]]

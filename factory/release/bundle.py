@@ -22,6 +22,8 @@ import numpy as np
 
 from factory.data.benchmark import PairBenchmark
 from factory.data.preprocess import to_model_input_numpy
+from factory.evaluate.ledger import build_ledger, format_ledger
+from factory.evaluate.plots import accuracy_by_stage
 from factory.evaluate.validate import accuracy_table, artifact_order
 from factory.export.runtimes import onnx_runner, openvino_runner
 from factory.files import atomic_path, sha256_tree, write_json, write_text
@@ -65,6 +67,8 @@ def make_release(ctx: StageContext) -> dict[str, Any]:
     contract = load_model(ctx.inputs["distill"].path("student.pt")).contract
     golden = _write_golden(ctx, out, contract)
     _plot_fairness(validation, out / "fairness.png")
+    ledger = build_ledger(validation)
+    accuracy_by_stage({r["stage"]: r["accuracy"] for r in ledger}, validation["groups"], out / "ledger.png")
     lineage = {
         "recipe": recipe.to_dict(),
         "code": git_commit(),
@@ -95,6 +99,7 @@ def make_release(ctx: StageContext) -> dict[str, Any]:
         "parity": ctx.inputs["export"].metrics["parity"],
         "int8_drift": ctx.inputs["compress"].metrics["drift_vs_fp32"],
         "gates": [r.to_dict() for r in rows],
+        "fairness_ledger": ledger,
         "golden": golden,
         "lineage": lineage,
     }
@@ -181,6 +186,15 @@ def _report(name: str, version: str, inputs: dict[str, Any], rows: list[GateResu
         "```",
         format_gate_table(rows),
         "```",
+        "",
+        "## Fairness ledger",
+        "",
+        "Per-group accuracy (%) at every stage of the build; Δ mean is the change from the stage before. Per-group",
+        "FMR/FNMR at each artifact's global threshold (FMR 1e-3 target) are in `manifest.json` (`fairness_ledger`).",
+        "",
+        format_ledger(build_ledger(validation), validation["groups"]),
+        "",
+        "![accuracy by group and stage](ledger.png)",
         "",
         "## Parity and drift",
         "",

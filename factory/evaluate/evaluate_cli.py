@@ -1,0 +1,92 @@
+"""``factory eval``: the full evaluation of one model or artifact, or of precomputed embeddings, as JSON and plots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factory.data.benchmark import PairBenchmark
+from factory.evaluate.benchmark_eval import BenchmarkResult, embed_images, evaluate_embeddings
+from factory.evaluate.plots import accuracy_by_stage, det_curves, score_histograms
+from factory.evaluate.verification import pair_distances
+
+
+def benchmark_from_embeddings(path: str | os.PathLike[str]) -> tuple[np.ndarray, PairBenchmark]:
+    """Embeddings and pair labels from an ``.npz``; every inconsistency is an error naming the file.
+
+    Arrays: ``embeddings`` (2N×D, pair k = rows 2k, 2k+1), ``issame`` (N), optional ``groups`` (N strings) and
+    ``subjects`` (2N).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such embeddings file")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("embeddings", "issame") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing} (expected embeddings 2N×D and issame N)")
+        embeddings, issame = data["embeddings"], data["issame"].astype(bool)
+        groups = data["groups"].astype(str) if "groups" in data else np.full(len(issame), "all")
+        subjects = data["subjects"] if "subjects" in data else np.arange(len(embeddings))
+    if len(issame) == 0:
+        raise ValueError(f"{path}: empty benchmark (no pairs)")
+    if embeddings.ndim != 2 or len(embeddings) % 2:
+        raise ValueError(f"{path}: embeddings must be 2N×D (an even number of rows), got shape {embeddings.shape}")
+    if len(embeddings) != 2 * len(issame) or len(groups) != len(issame) or len(subjects) != len(embeddings):
+        raise ValueError(
+            f"{path}: {len(embeddings)} embedding rows, {len(issame)} issame, {len(groups)} groups, "
+            f"{len(subjects)} subjects (expected 2N, N, N, 2N)"
+        )
+    if not np.isfinite(embeddings).all():
+        raise ValueError(f"{path}: embeddings contain NaN or infinite values")
+    names = tuple(dict.fromkeys(groups.tolist()))
+    bench = PairBenchmark(
+        images=np.empty((len(embeddings), 0, 0, 0), np.uint8),  # no pixels: the embeddings are given
+        issame=issame,
+        groups=np.array([names.index(g) for g in groups]),
+        subjects=np.asarray(subjects),
+        group_names=names,
+    )
+    return embeddings, bench
+
+
+def check_groups(bench: PairBenchmark) -> None:
+    """Each group needs genuine and impostor pairs, and 10 of them, for the protocol."""
+    for g, name in enumerate(bench.group_names):
+        same = bench.issame[bench.groups == g]
+        if same.all() or not same.any():
+            kind = "impostor" if same.all() else "genuine"
+            raise ValueError(f"group {name!r} has no {kind} pairs: its accuracy is not estimable")
+        if len(same) < 10:
+            raise ValueError(f"group {name!r} has {len(same)} pairs: the 10-fold protocol needs at least 10")
+
+
+def evaluate_and_plot(
+    embeddings: np.ndarray, bench: PairBenchmark, plots: str | os.PathLike[str] | None = None, replicates: int = 1000
+) -> dict[str, Any]:
+    """The evaluation JSON of the embeddings; with ``plots``, DET curves, histograms and accuracies as PNGs there."""
+    check_groups(bench)
+    result: BenchmarkResult = evaluate_embeddings(embeddings, bench, replicates=replicates)
+    report = result.to_dict()
+    if plots is not None:
+        out = Path(plots)
+        out.mkdir(parents=True, exist_ok=True)
+        scores = 1.0 - pair_distances(embeddings) / 2.0
+        first = next(iter(result.operational.values()))
+        det_curves(scores, bench.issame, bench.groups, bench.group_names, out / "det.png")
+        score_histograms(
+            scores, bench.issame, bench.groups, bench.group_names, out / "histograms.png", first["threshold"]
+        )
+        accs = {"model": {g: r.accuracy_mean for g, r in result.groups.items()}}
+        accuracy_by_stage(accs, bench.group_names, out / "accuracy.png")
+        report["plots"] = sorted(str(p) for p in out.glob("*.png"))
+    return report
+
+
+def embed_benchmark(runner: Any, bench: PairBenchmark, flip: bool, batch_size: int, progress: bool) -> np.ndarray:
+    """Unit embeddings of every benchmark image through ``runner`` (its own contract preprocesses)."""
+    from factory.export.runtimes import embed_uint8
+
+    return embed_images(embed_uint8(runner), bench.images, batch_size, flip, "embed" if progress else None)

@@ -1,0 +1,91 @@
+"""Figures people would rather look at than read: DET curves, score histograms and accuracy per group."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from factory.evaluate.verification import roc_curve
+from factory.files import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001 (matplotlib figure)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def det_curves(
+    scores: np.ndarray, issame: np.ndarray, groups: np.ndarray, names: Sequence[str], path: str | os.PathLike[str]
+) -> Path:
+    """FNMR against FMR per group on log axes (lower left is better), one curve each."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for g, name in enumerate(names):
+        mask = groups == g
+        if not (issame[mask].any() and (~issame[mask]).any()):
+            continue
+        fmr, tmr, _ = roc_curve(scores[mask], issame[mask])
+        keep = (fmr > 0) & (tmr < 1)
+        ax.plot(fmr[keep], 1 - tmr[keep], label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FMR")
+    ax.set_ylabel("FNMR")
+    ax.set_title("DET per group")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))
+
+
+def score_histograms(
+    scores: np.ndarray,
+    issame: np.ndarray,
+    groups: np.ndarray,
+    names: Sequence[str],
+    path: str | os.PathLike[str],
+    threshold: float | None = None,
+) -> Path:
+    """Genuine and impostor similarity histograms, a panel per group, with the global threshold marked."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True, squeeze=False)
+    bins = np.linspace(float(scores.min()), float(scores.max()), 40)
+    for g, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        mask = groups == g
+        ax.hist(scores[mask & issame], bins=bins, alpha=0.6, label="genuine", density=True)
+        ax.hist(scores[mask & ~issame], bins=bins, alpha=0.6, label="impostor", density=True)
+        if threshold is not None and np.isfinite(threshold):
+            ax.axvline(threshold, color="k", lw=1)
+        ax.set_title(name)
+        ax.set_xlabel("cosine similarity")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+def accuracy_by_stage(
+    accuracies: dict[str, dict[str, float]], names: Sequence[str], path: str | os.PathLike[str]
+) -> Path:
+    """Per-group accuracy (%) at every stage of the build (x: stage in build order), a line per group."""
+    plt = _pyplot()
+    stages = list(accuracies)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        ax.plot(stages, [100 * accuracies[s][name] for s in stages], marker="o", label=name)
+    ax.set_ylabel("verification accuracy (%)")
+    ax.set_title("Accuracy by group and stage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
