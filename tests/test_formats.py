@@ -289,3 +289,39 @@ def test_data_cli_inspect_convert_preview(faces: list[bytes], tmp_path: Path) ->
     (tmp_path / "broken" / "id0" / "x.png").write_bytes(b"not an image")
     result = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "broken")])
     assert result.exit_code == 2 and "x.png: cannot identify image file" in result.output
+
+
+MXNET_PACK = Path(__file__).parent / "fixtures" / "mxnet_pack"  # written by MXNet 1.9.1: make_mxnet_pack.py
+
+
+def test_pack_written_by_mxnet_converts_to_identical_images(tmp_path: Path) -> None:
+    from factory.data.formats.convert import convert_data
+
+    raw = (MXNET_PACK / "train.rec").read_bytes()
+    assert [lrec >> 29 for lrec in _chunk_flags(raw)].count(1) == 1  # MXNet really split one record
+    with RecordIOReader(MXNET_PACK / "train.rec") as reader:
+        assert reader.layout == "insightface" and reader.image_keys == [1, 2, 3, 4, 5, 6]
+        assert reader.identity_ranges == {0: (1, 3), 1: (3, 5), 2: (5, 7)}
+        assert [reader.label(k) for k in reader.image_keys] == [0, 0, 1, 1, 2, 2]
+    convert_data(MXNET_PACK / "train.rec", "imagefolder", tmp_path / "out")
+    for key in range(1, 7):
+        expected = (MXNET_PACK / f"expected_{key}.png").read_bytes()
+        assert (tmp_path / "out" / str((key - 1) // 2) / f"{key}.png").read_bytes() == expected, key
+
+
+def test_our_writer_reproduces_mxnet_bytes(tmp_path: Path) -> None:
+    with RecordIOReader(MXNET_PACK / "train.rec") as reader, RecordIOWriter(tmp_path / "t.rec") as writer:
+        for key in sorted(reader.offsets):
+            writer.write(key, reader.read_payload(key))
+    assert (tmp_path / "t.rec").read_bytes() == (MXNET_PACK / "train.rec").read_bytes()
+    assert (tmp_path / "t.idx").read_text() == (MXNET_PACK / "train.idx").read_text()
+
+
+def _chunk_flags(raw: bytes) -> list[int]:
+    out, pos = [], 0
+    while pos < len(raw):
+        _, lrec = struct.unpack_from("<II", raw, pos)
+        out.append(lrec)
+        length = lrec & ((1 << 29) - 1)
+        pos += 8 + length + (-length % 4)
+    return out
