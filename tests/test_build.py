@@ -45,6 +45,7 @@ RELEASE_FILES = {
     "fairness.png",
     "golden_input.npy",
     "golden_input.png",
+    "fmr_heatmap.png",
     "ledger.png",
     "manifest.json",
     "recipe.resolved.yaml",

@@ -291,3 +291,17 @@ def test_tar_at_far_equals_the_plain_loop(target: float) -> None:
     got = tar_at_far(dist, issame, target)
     tar, tar_std, far = loop_tar_at_far(dist, issame, target)
     assert (got["tar"], got["tar_std"], got["far"]) == pytest.approx((tar, tar_std, far), abs=1e-12)
+
+
+def test_cross_group_fmr_matrix_golden() -> None:
+    from factory.evaluate.operational import cross_group_fmr
+
+    # 100 same-group impostors per group (groups 0, 1) and 100 cross pairs (0, 1); threshold for FMR 1e-2 over all
+    # 300 is just above the 4th highest score: the three highest impostors are accepted.
+    same = np.r_[np.linspace(0, 0.5, 100), np.linspace(0, 0.5, 100)]
+    same_cells = np.repeat([0, 1], 100)
+    cross = np.r_[np.linspace(0, 0.5, 97), [0.9, 0.95, 0.99]]
+    result = cross_group_fmr(same, same_cells, cross, np.tile([0, 1], (100, 1)), n_groups=2, target=1e-2)
+    assert result["matrix"][0][1] == result["matrix"][1][0] == pytest.approx(0.03)
+    assert result["matrix"][0][0] == result["matrix"][1][1] == 0.0
+    assert result["pairs"] == [[100, 100], [100, 100]]

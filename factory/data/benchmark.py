@@ -154,3 +154,51 @@ def build_benchmark(
         subjects=image_ids.astype(np.int64),
         group_names=tuple(world.group_names),
     )
+
+
+@dataclass
+class CrossGroupImpostors:
+    """Impostor pairs whose two people belong to different groups, for the cross-group FMR heatmap.
+
+    Attributes:
+        images: uint8 ``2M×3×H×W``; rows ``2k`` and ``2k+1`` form pair ``k``.
+        cells: int ``M×2``, the (group of the first, group of the second image) of every pair.
+        group_names: group names (indices of ``cells``).
+    """
+
+    images: np.ndarray
+    cells: np.ndarray
+    group_names: tuple[str, ...]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an uncompressed ``.npz`` atomically."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, images=self.images, cells=self.cells, group_names=np.array(self.group_names, dtype=str))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CrossGroupImpostors:
+        """Read a file written by :meth:`save`; never unpickles."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(data["images"], data["cells"], tuple(str(g) for g in data["group_names"]))
+        except (KeyError, ValueError, OSError) as e:
+            raise BenchmarkFormatError(f"{path}: not a cross-group impostor file ({e})") from None
+
+
+def build_cross_impostors(
+    world: ProceduralFaceWorld, pairs_per_cell: int, seed: int, split: str = "benchmark-cross", batch_size: int = 256
+) -> CrossGroupImpostors:
+    """``pairs_per_cell`` impostor pairs for every pair of different groups, from identities of their own split."""
+    n_groups = len(world.group_names)
+    ids = identity_set(world, split, per_group=pairs_per_cell, seed=seed)
+    cells = np.array([(a, b) for a in range(n_groups) for b in range(a + 1, n_groups) for _ in range(pairs_per_cell)])
+    rng = np.random.default_rng(seed)
+    left = cells[:, 0] * pairs_per_cell + rng.integers(0, pairs_per_cell, len(cells))
+    right = cells[:, 1] * pairs_per_cell + rng.integers(0, pairs_per_cell, len(cells))
+    image_ids = np.stack([left, right], axis=1).reshape(-1)
+    gen = make_generator("benchmark-cross-images", seed, split)
+    chunks = []
+    for start in range(0, len(image_ids), batch_size):
+        idx = torch.from_numpy(image_ids[start : start + batch_size])
+        chunks.append(world.synthesis(world.mapping(ids.z[idx], ids.group[idx]), gen))
+    return CrossGroupImpostors(torch.cat(chunks).numpy(), cells, tuple(world.group_names))

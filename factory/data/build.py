@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from factory.data.benchmark import PairBenchmark, build_benchmark
+from factory.data.benchmark import PairBenchmark, build_benchmark, build_cross_impostors
 from factory.data.preview import write_previews
 from factory.data.procedural import ProceduralFaceWorld, load_taxonomy, unlabelled_batch
 from factory.files import atomic_path
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from factory.pipeline import StageContext
 
 BENCHMARK_FILE = "benchmark.npz"
+CROSS_FILE = "cross_impostors.npz"
 CALIBRATION_FILE = "calibration.npz"
 CALIBRATION_SPLIT = "calibration"
 
@@ -44,6 +45,11 @@ def build_data(ctx: StageContext) -> dict[str, Any]:
     else:
         bench = build_benchmark(world, pairs_per_group=cfg.benchmark_pairs_per_group, seed=seed, progress=ctx.progress)
     bench.save(ctx.work_dir / BENCHMARK_FILE)
+    cross_pairs = 0
+    if not cfg.benchmark:  # procedural: cross-group impostors too, for the FMR heatmap
+        cross = build_cross_impostors(world, max(10, cfg.benchmark_pairs_per_group // 6), seed)
+        cross.save(ctx.work_dir / CROSS_FILE)
+        cross_pairs = len(cross.cells)
     # Calibration identities come from their own split: INT8 ranges never see a benchmark face.
     calibration = render_unlabelled(world, cfg.calibration_images, seed, CALIBRATION_SPLIT)
     with atomic_path(ctx.work_dir / CALIBRATION_FILE) as tmp:
@@ -56,6 +62,7 @@ def build_data(ctx: StageContext) -> dict[str, Any]:
         "groups": list(bench.group_names),
         "benchmark_pairs": int(len(bench.issame)),
         "benchmark_images": int(len(bench.images)),
+        "cross_group_impostor_pairs": cross_pairs,
         "calibration_images": int(len(calibration)),
         "previews": [p.name for p in previews],
     }

@@ -161,3 +161,39 @@ def operational_fairness(
             "summary": summary_measures([e["fmr"] for e in rated], [e["fnmr"] for e in rated]) if rated else None,
         }
     return out
+
+
+def cross_group_fmr(
+    same_group_scores: np.ndarray,
+    same_group_cells: np.ndarray,
+    cross_scores: np.ndarray,
+    cross_cells: np.ndarray,
+    n_groups: int,
+    target: float = 1e-2,
+) -> dict[str, Any]:
+    """FMR of every (group, group) cell at one global threshold set for ``target`` over all these impostor pairs.
+
+    Args:
+        same_group_scores: impostor scores of same-group pairs.
+        same_group_cells: the group of each of those pairs.
+        cross_scores: impostor scores of cross-group pairs.
+        cross_cells: their ``(group, group)`` (M×2).
+        n_groups: matrix size.
+        target: the FMR the global threshold is set for (1e-2 by default: cells hold few pairs).
+
+    Returns:
+        ``{"target", "threshold", "matrix" (n×n, symmetric, None where a cell has no pairs), "pairs"}``.
+    """
+    threshold = threshold_at_fmr(np.concatenate([same_group_scores, cross_scores]), target)
+    hits, counts = np.zeros((n_groups, n_groups)), np.zeros((n_groups, n_groups))
+    for scores, a, b in (
+        (same_group_scores, same_group_cells, same_group_cells),
+        (cross_scores, cross_cells[:, 0], cross_cells[:, 1]),
+    ):
+        np.add.at(hits, (a, b), scores >= threshold)
+        np.add.at(counts, (a, b), 1)
+    hits, counts = hits + hits.T - np.diag(hits.diagonal()), counts + counts.T - np.diag(counts.diagonal())
+    matrix = [
+        [float(h / c) if c else None for h, c in zip(hr, cr, strict=True)] for hr, cr in zip(hits, counts, strict=True)
+    ]
+    return {"target": target, "threshold": threshold, "matrix": matrix, "pairs": counts.astype(int).tolist()}

@@ -89,3 +89,20 @@ def accuracy_by_stage(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, Path(path))
+
+
+def fmr_heatmap(result: dict, names: Sequence[str], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Cross-group impostor FMR at one global threshold (``cross_group_fmr``'s result), a cell per group pair."""
+    plt = _pyplot()
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in result["matrix"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 1.1 * len(names) + 1.5))
+    image = ax.imshow(matrix, cmap="magma_r")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", fontsize=8, color="tab:blue")
+    fig.colorbar(image, ax=ax, label="FMR")
+    ax.set_title(title or f"Impostor FMR by group pair (global threshold for FMR {result['target']:g})")
+    return _save(fig, Path(path))

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from factory.data.benchmark import PairBenchmark
-from factory.evaluate.benchmark_eval import evaluate_benchmark
+from factory.data.benchmark import CrossGroupImpostors, PairBenchmark
+from factory.data.build import CROSS_FILE
+from factory.evaluate.benchmark_eval import embed_images, evaluate_embeddings
 from factory.evaluate.latency import measure_latency
+from factory.evaluate.operational import cross_group_fmr
+from factory.evaluate.verification import pair_distances
 from factory.export.parity import fixed_inputs
 from factory.export.runtimes import Runner, embed_uint8, onnx_runner, openvino_runner, torch_runner
 from factory.models.checkpoint import load_model
@@ -52,16 +55,23 @@ def validate_artifacts(ctx: StageContext) -> dict[str, Any]:
     results: dict[str, Any] = {}
     eval_runners = artifact_runners(ctx, threads=ctx.recipe.threads)
     latency_runners = artifact_runners(ctx, threads=cfg.threads)
+    cross_file = ctx.inputs["data"].dir / CROSS_FILE
+    cross = CrossGroupImpostors.load(cross_file) if cross_file.exists() else None
     for name, make in eval_runners.items():
-        runner = make()
-        evaluation = evaluate_benchmark(
-            embed_uint8(runner),
-            bench,
-            batch_size=cfg.batch_size,
-            flip=cfg.flip,
-            progress=name if ctx.progress else None,
-        )
-        entry: dict[str, Any] = {"evaluation": evaluation.to_dict()}
+        embed = embed_uint8(make())
+        progress = name if ctx.progress else None
+        embeddings = embed_images(embed, bench.images, cfg.batch_size, cfg.flip, progress)
+        entry: dict[str, Any] = {"evaluation": evaluate_embeddings(embeddings, bench).to_dict()}
+        if cross is not None:
+            cross_emb = embed_images(embed, cross.images, cfg.batch_size, cfg.flip)
+            impostor = ~bench.issame
+            entry["evaluation"]["cross_group_fmr"] = cross_group_fmr(
+                1.0 - pair_distances(embeddings)[impostor] / 2.0,
+                bench.groups[impostor],
+                1.0 - pair_distances(cross_emb) / 2.0,
+                cross.cells,
+                len(bench.group_names),
+            )
         if name != REFERENCE:
             timed = latency_runners[name]()
             x = fixed_inputs(timed.contract, n=1)

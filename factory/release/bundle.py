@@ -23,7 +23,7 @@ import numpy as np
 from factory.data.benchmark import PairBenchmark
 from factory.data.preprocess import to_model_input_numpy
 from factory.evaluate.ledger import build_ledger, format_ledger
-from factory.evaluate.plots import accuracy_by_stage
+from factory.evaluate.plots import accuracy_by_stage, fmr_heatmap
 from factory.evaluate.validate import accuracy_table, artifact_order
 from factory.export.runtimes import onnx_runner, openvino_runner
 from factory.files import atomic_path, sha256_tree, write_json, write_text
@@ -67,6 +67,9 @@ def make_release(ctx: StageContext) -> dict[str, Any]:
     contract = load_model(ctx.inputs["distill"].path("student.pt")).contract
     golden = _write_golden(ctx, out, contract)
     _plot_fairness(validation, out / "fairness.png")
+    cross = validation["artifacts"]["openvino_int8"]["evaluation"].get("cross_group_fmr")
+    if cross is not None:
+        fmr_heatmap(cross, validation["groups"], out / "fmr_heatmap.png", "openvino_int8: impostor FMR by group pair")
     ledger = build_ledger(validation)
     accuracy_by_stage({r["stage"]: r["accuracy"] for r in ledger}, validation["groups"], out / "ledger.png")
     lineage = {
@@ -196,6 +199,11 @@ def _report(name: str, version: str, inputs: dict[str, Any], rows: list[GateResu
         "",
         "![accuracy by group and stage](ledger.png)",
         "",
+        *(
+            ["![cross-group impostor FMR](fmr_heatmap.png)", ""]
+            if "cross_group_fmr" in validation["artifacts"]["openvino_int8"]["evaluation"]
+            else []
+        ),
         "## Parity and drift",
         "",
         *[f"- {k} vs torch: min cosine {v['min_cosine']:.6f}" for k, v in parity.items()],
