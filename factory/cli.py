@@ -285,8 +285,7 @@ def eval_command(
         if benchmark is None or (model_name is None) == (artifact is None):
             raise click.UsageError("give BENCHMARK and exactly one of --model/--artifact, or --embeddings FILE")
         from factory.data.build import load_real_benchmark
-        from factory.export.runtimes import torch_runner
-        from factory.models.loading import RunnerModule, load_any_model, load_backbone
+        from factory.models.loading import model_runner
 
         if str(benchmark) == "procedural":
             from factory.data.benchmark import build_benchmark
@@ -295,8 +294,7 @@ def eval_command(
             bench = build_benchmark(ProceduralFaceWorld(seed=0), pairs_per_group=600, seed=0)
         else:
             bench = load_real_benchmark(str(benchmark))
-        model = load_any_model(artifact, threads=threads) if artifact else load_backbone(model_name, weights)
-        runner = model.runner if isinstance(model, RunnerModule) else torch_runner(model.eval(), threads=threads)
+        runner = model_runner(model_name, weights, artifact, threads=threads)
         vectors = embed_benchmark(runner, bench, flip, batch_size, sys.stderr.isatty())
     report = evaluate_and_plot(vectors, bench, plots, replicates=bootstrap)
     if as_json:
@@ -395,19 +393,15 @@ def embed(
     path order and must already be aligned at the model's input size.
     """
     from factory.evaluate.embed import embed_files, list_images, write_embeddings
-    from factory.export.runtimes import embed_uint8, torch_runner
-    from factory.models.loading import RunnerModule, load_any_model, load_backbone
+    from factory.export.runtimes import embed_uint8
+    from factory.models.loading import model_runner
 
     if (model_name is None) == (artifact is None):
         raise click.UsageError("give exactly one of --model NAME [--weights FILE] or --artifact FILE")
-    if artifact is not None:
-        model = load_any_model(artifact, normalization=normalization, threads=threads)
-    else:
-        model = load_backbone(model_name, weights, normalization=normalization)
-    runner = model.runner if isinstance(model, RunnerModule) else torch_runner(model.eval(), threads=threads)
+    runner = model_runner(model_name, weights, artifact, normalization, threads)
     paths = list_images(inputs)
     show = sys.stderr.isatty() if progress is None else progress
-    vectors = embed_files(embed_uint8(runner), paths, model.contract.input_size, batch_size, flip, show)
+    vectors = embed_files(embed_uint8(runner), paths, runner.contract.input_size, batch_size, flip, show)
     write_embeddings(out, vectors, paths)
     click.echo(f"{len(paths)} embeddings ({vectors.shape[1]}-d{', flip-fused' if flip else ''}) -> {out}")
 

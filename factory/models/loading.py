@@ -198,3 +198,25 @@ def load_any_model(
     if normalization is not None:
         module.contract = with_normalization(module.contract, normalization)
     return module
+
+
+def model_runner(
+    model: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    artifact: str | os.PathLike[str] | None = None,
+    normalization: Normalization | None = None,
+    threads: int = 1,
+) -> Any:
+    """A :class:`~factory.export.runtimes.Runner` for a zoo model (``model`` [+ ``weights``]) or an ``artifact``.
+
+    Exactly one of ``model`` and ``artifact`` must be given; black-box artifacts keep their own runtime.
+    """
+    from factory.export.runtimes import torch_runner
+
+    if (model is None) == (artifact is None):
+        raise ValueError("give exactly one of a model name (with optional weights) or an artifact file")
+    if artifact is not None:
+        module = load_any_model(artifact, normalization=normalization, threads=threads)
+    else:
+        module = load_backbone(model, weights, normalization=normalization)
+    return module.runner if isinstance(module, RunnerModule) else torch_runner(module.eval(), threads=threads)
