@@ -137,3 +137,17 @@ def test_previews_are_one_grid_per_group(world: ProceduralFaceWorld, tmp_path) -
     assert [p.stem for p in paths] == world.group_names
     with Image.open(paths[0]) as grid:
         assert grid.size == (3 * 112 + 2 * 2, 2 * 112 + 2)
+
+
+def test_data_preview_cli_writes_a_grid_per_group(tmp_path) -> None:
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tinyfar_synthdistill.yaml"
+    args = ["data", "preview", str(recipe), "--out", str(tmp_path), "--identities", "2", "--samples", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["alpha.png", "beta.png", "delta.png", "gamma.png"]
