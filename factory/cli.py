@@ -401,7 +401,7 @@ def embed(
     runner = model_runner(model_name, weights, artifact, normalization, threads)
     paths = list_images(inputs)
     show = sys.stderr.isatty() if progress is None else progress
-    vectors = embed_files(embed_uint8(runner), paths, runner.contract.input_size, batch_size, flip, show)
+    vectors = embed_files(embed_uint8(runner), paths, runner.contract.input_size[0], batch_size, flip, show)
     write_embeddings(out, vectors, paths)
     click.echo(f"{len(paths)} embeddings ({vectors.shape[1]}-d{', flip-fused' if flip else ''}) -> {out}")
 

@@ -169,7 +169,7 @@ def test_embed_agrees_across_torch_onnx_and_openvino(faces: Path, tmp_path: Path
 def test_embed_refuses_unaligned_images_and_bad_arguments(faces: Path, tmp_path: Path) -> None:
     Image.new("RGB", (250, 250)).save(tmp_path / "raw.png")
     result = CliRunner().invoke(main, ["embed", str(tmp_path / "raw.png"), "--model", "tinyfar_c", "-o", "o.npz"])
-    assert result.exit_code == 2 and "raw.png: image is 250×250, the model takes aligned 112×112" in result.output
+    assert result.exit_code == 2 and "raw.png: image is 250×250, not an aligned 112×112 face crop" in result.output
     result = CliRunner().invoke(main, ["embed", str(faces), "-o", str(tmp_path / "o.npz")])
     assert result.exit_code == 2 and "exactly one of --model" in result.output
 

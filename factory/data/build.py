@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from factory.data.benchmark import PairBenchmark, build_benchmark, build_cross_impostors
+from factory.data.images import decode_aligned
 from factory.data.preview import write_previews
 from factory.data.procedural import ProceduralFaceWorld, load_taxonomy, unlabelled_batch
 from factory.files import atomic_path
@@ -73,7 +74,7 @@ def load_real_benchmark(path: str) -> PairBenchmark:
 
     A verification ``.bin`` is one group named after the file; an RFW root has a group per race.
     """
-    from factory.data.formats.rfw import decode_face, load_rfw
+    from factory.data.formats.rfw import load_rfw
     from factory.data.formats.verification_bin import VerificationBin
 
     source = Path(path)
@@ -84,7 +85,7 @@ def load_real_benchmark(path: str) -> PairBenchmark:
     if source.suffix in (".csv", ".txt", ".tsv"):
         return load_pairs_list(source)
     data = VerificationBin.load(source)
-    images = np.stack([decode_face(b, f"{source}: entry {i}") for i, b in enumerate(data.images)])
+    images = np.stack([decode_aligned(b, f"{source}: entry {i}") for i, b in enumerate(data.images)])
     return PairBenchmark(
         images=images,
         issame=data.issame,
@@ -96,8 +97,6 @@ def load_real_benchmark(path: str) -> PairBenchmark:
 
 def load_pairs_list(path: Path) -> PairBenchmark:
     """A pairs list: ``image1,image2,issame[,group]`` per line (TAB also accepted), aligned 112×112 images."""
-    from factory.data.formats.rfw import decode_face
-
     images, issame, groups, names = [], [], [], {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         fields = [f.strip() for f in line.replace("\t", ",").split(",")]
@@ -109,7 +108,7 @@ def load_pairs_list(path: Path) -> PairBenchmark:
             image = Path(name) if Path(name).is_absolute() else path.parent / name
             if not image.is_file():
                 raise FileNotFoundError(f"{path}:{number}: {image} does not exist")
-            images.append(decode_face(image, f"{path}:{number}: {image}"))
+            images.append(decode_aligned(image, f"{path}:{number}: {image}"))
         issame.append(fields[2].lower() in ("1", "true"))
         groups.append(names.setdefault(fields[3] if len(fields) == 4 else "all", len(names)))
     if not issame:

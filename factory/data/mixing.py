@@ -10,17 +10,16 @@ gives the same mixture.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from factory.data.formats.folders import IMAGE_SUFFIXES, LabelledImages
+from factory.data.formats.folders import LabelledImages
 from factory.data.formats.recordio import RecordIOReader
+from factory.data.images import IMAGE_SUFFIXES, decode_aligned, image_files
 from factory.files import atomic_path
 
 
@@ -100,21 +99,10 @@ def read_flat_folder(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder of images")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(root)
     if not paths:
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return paths
-
-
-def _decode(data: bytes | Path, where: str, size: int) -> torch.Tensor:
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            rgb = img.convert("RGB")
-            if rgb.size != (size, size):
-                raise ValueError(f"{where}: image is {rgb.size[0]}×{rgb.size[1]}, expected an aligned {size}×{size}")
-            return torch.from_numpy(np.asarray(rgb).transpose(2, 0, 1).copy())
-    except OSError as e:
-        raise ValueError(f"{where}: cannot decode image ({e})") from None
 
 
 class LabelledImageDataset(torch.utils.data.Dataset):
@@ -130,7 +118,7 @@ class LabelledImageDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = _decode(self.index.paths[i], str(self.index.paths[i]), self.size)
+        image = torch.from_numpy(decode_aligned(self.index.paths[i], str(self.index.paths[i]), self.size))
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image, self.labels[self.index.identities[i]]
@@ -155,7 +143,7 @@ class RecordIODataset(torch.utils.data.Dataset):
         if self._reader is None or self._pid != os.getpid():  # file handles must not cross a fork
             self._reader, self._pid = RecordIOReader(self.rec), os.getpid()
         record = self._reader.record(self.keys[i])
-        image = _decode(record.image, f"{self.rec}: record {self.keys[i]}", self.size)
+        image = torch.from_numpy(decode_aligned(record.image, f"{self.rec}: record {self.keys[i]}", self.size))
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image, int(record.labels[0])

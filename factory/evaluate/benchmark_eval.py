@@ -85,16 +85,3 @@ def evaluate_embeddings(
     )
     far = {f"{t:.0e}": tar_at_far(dist, bench.issame, t) for t in targets}
     return BenchmarkResult(groups, overall, fairness, tar_at_far=far, operational=operational)
-
-
-def evaluate_benchmark(
-    embed: Embed,
-    bench: PairBenchmark,
-    batch_size: int = 64,
-    flip: bool = True,
-    progress: str | None = None,
-    replicates: int = 1000,
-) -> BenchmarkResult:
-    """Embed every benchmark image with ``embed`` and run :func:`evaluate_embeddings`."""
-    embeddings = embed_images(embed, bench.images, batch_size, flip, progress)
-    return evaluate_embeddings(embeddings, bench, replicates=replicates)

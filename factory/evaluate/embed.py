@@ -12,13 +12,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from factory.data.images import IMAGE_SUFFIXES, decode_aligned, image_files
 from factory.evaluate.benchmark_eval import embed_images
 from factory.files import atomic_path
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def list_images(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -30,7 +28,7 @@ def list_images(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
     found: set[Path] = set()
     for source in map(Path, sources):
         if source.is_dir():
-            found.update(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found.update(image_files(source))
         elif source.suffix.lower() in (".txt", ".lst"):
             if not source.is_file():
                 raise FileNotFoundError(f"{source}: no such image list")
@@ -50,28 +48,10 @@ def list_images(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return sorted(found)
 
 
-def read_aligned(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
-    """uint8 RGB ``N×3×H×W`` from image files that are already ``size`` (height, width)."""
-    out = np.empty((len(paths), 3, *size), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{path}: cannot decode image ({e})") from None
-        if rgb.shape[:2] != tuple(size):
-            raise ValueError(
-                f"{path}: image is {rgb.shape[1]}×{rgb.shape[0]}, the model takes aligned {size[1]}×{size[0]} faces "
-                "(align and crop first; the factory does not resize)"
-            )
-        out[i] = rgb.transpose(2, 0, 1)
-    return out
-
-
 def embed_files(
     embed: Callable[[np.ndarray], np.ndarray],
     paths: list[Path],
-    size: tuple[int, int],
+    size: int,
     batch_size: int = 64,
     flip: bool = False,
     progress: bool = False,
@@ -80,7 +60,7 @@ def embed_files(
     chunks = []
     with tqdm(total=len(paths), desc="embed", unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
-            images = read_aligned(paths[start : start + batch_size], size)
+            images = np.stack([decode_aligned(p, str(p), size) for p in paths[start : start + batch_size]])
             chunks.append(embed_images(embed, images, batch_size=batch_size, flip=flip))
             bar.update(len(images))
     return np.concatenate(chunks)

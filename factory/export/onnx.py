@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from factory.files import write_bytes
-from factory.models.contract import ModelContract
+from factory.models.contract import MissingContractError, ModelContract
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -107,7 +107,7 @@ def read_onnx_contract(path: str | os.PathLike[str]) -> ModelContract:
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in props:
-        raise ValueError(
+        raise MissingContractError(
             f"{path} has no {CONTRACT_KEY!r} metadata, so its input contract is unknown: "
             "export it with factory.export.onnx.export_onnx (or pass the contract explicitly)"
         )

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.models.contract import ModelContract
+from factory.models.contract import MissingContractError, ModelContract
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -83,7 +83,7 @@ def set_contract(model: ov.Model, contract: ModelContract) -> None:
 def get_contract(model: ov.Model, source: str | os.PathLike[str] = "model") -> ModelContract:
     """Read the contract from ``model``'s ``rt_info``; ``source`` names the file in the error."""
     if not model.has_rt_info(RT_INFO_CONTRACT):
-        raise ValueError(
+        raise MissingContractError(
             f"{source} has no rt_info {'/'.join(RT_INFO_CONTRACT)}, so its input contract is unknown: "
             "convert it with factory.export.openvino.convert_to_openvino (or pass the contract explicitly)"
         )

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from factory.models.contract import ModelContract
+from factory.models.contract import MissingContractError, ModelContract
 from factory.registry import Registry
 
 
@@ -99,7 +99,7 @@ class OnnxRunner:
         if contract is None:
             metadata = self.session.get_modelmeta().custom_metadata_map
             if CONTRACT_KEY not in metadata:
-                raise ValueError(
+                raise MissingContractError(
                     f"{self.path} has no {CONTRACT_KEY!r} metadata: export it with factory.export.onnx.export_onnx "
                     "or pass contract= to onnx_runner"
                 )

@@ -21,6 +21,10 @@ ARCFACE_TEMPLATE: tuple[tuple[float, float], ...] = (
 )
 
 
+class MissingContractError(ValueError):
+    """A model file (ONNX, OpenVINO IR) that carries no factory contract: its input convention must be declared."""
+
+
 @dataclass(frozen=True)
 class ModelContract:
     """What a model expects as input and what it returns.

@@ -21,13 +21,11 @@ import torch
 from torch import nn
 
 from factory.models.checkpoint import FORMAT, load_model, load_state_dict_strict, read_checkpoint
-from factory.models.contract import ModelContract
+from factory.models.contract import MissingContractError, ModelContract
 
 Normalization = Literal["arcface", "legacy128"]
 # insightface's current arcface_torch feeds (x - 127.5) / 127.5; older MXNet ports and "nizhib" checkpoints / 128.
 NORMALIZATIONS: dict[str, tuple[float, float]] = {"arcface": (127.5, 127.5), "legacy128": (127.5, 128.0)}
-WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors", ".bin", ".ckpt")
-BLACK_BOX_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".ts", ".torchscript", ".jit")
 
 
 def with_normalization(contract: ModelContract, normalization: Normalization) -> ModelContract:
@@ -176,12 +174,9 @@ def load_any_model(
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
     if path.suffix in SUFFIX_RUNTIMES:
-        kwargs = {"contract": contract} if contract is not None else {}
         try:
-            runner = load_runner(path, threads=threads, **kwargs)
-        except ValueError as e:
-            if "contract" not in str(e) or contract is not None:
-                raise
+            runner = load_runner(path, threads=threads, contract=contract)
+        except MissingContractError:  # a foreign file: nothing declared, so insightface's arcface convention
             runner = load_runner(path, threads=threads, contract=ModelContract())
         module: nn.Module = RunnerModule(runner, path.name)
     elif path.suffix in (".ts", ".torchscript", ".jit") or is_torchscript(path):

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from factory.data.images import IMAGE_SUFFIXES
+
 NO_GROUP = "all"
 
 

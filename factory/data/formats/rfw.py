@@ -9,16 +9,14 @@ the 5 landmarks of ``test/txts/<Race>/<Race>_lmk.txt`` (lines ``<image path> x1 
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from factory.data.alignment import align_face
 from factory.data.benchmark import PairBenchmark
+from factory.data.images import decode_aligned
 from factory.files import atomic_path
 
 RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
@@ -80,23 +78,6 @@ def read_landmarks(path: Path) -> dict[str, np.ndarray]:
     return table
 
 
-def decode_face(data: bytes | Path, where: str, size: int = 112, landmarks: np.ndarray | None = None) -> np.ndarray:
-    """``3×size×size`` uint8 RGB from encoded bytes or a file: aligned already, or aligned with ``landmarks``."""
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{where}: cannot decode image ({e})") from None
-    if landmarks is not None:
-        rgb = align_face(rgb, landmarks, size)
-    elif rgb.shape[:2] != (size, size):
-        raise ValueError(
-            f"{where}: image is {rgb.shape[1]}×{rgb.shape[0]}, not an aligned {size}×{size} crop "
-            "(give the landmark files to align raw RFW images)"
-        )
-    return rgb.transpose(2, 0, 1)
-
-
 def load_rfw(root: str | os.PathLike[str], races: tuple[str, ...] | None = None, size: int = 112) -> PairBenchmark:
     """Every race's pairs as one benchmark (groups = races, in the given order; pair order as in the files)."""
     root = Path(root)
@@ -119,7 +100,7 @@ def load_rfw(root: str | os.PathLike[str], races: tuple[str, ...] | None = None,
                     if path.name not in landmarks:
                         raise ValueError(f"{lmk_file}: no landmarks for {path.name}")
                     points = landmarks[path.name]
-                images.append(decode_face(path, str(path), size, points))
+                images.append(decode_aligned(path, str(path), size, points))
                 subjects.append(identity_ids.setdefault((race, identity), len(identity_ids)))
             issame.append(pair.issame)
             groups.append(g)
