@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from run import cpu_name
+from run import cpu_name, save_results
 
 from factory.data.formats.recordio import RecordIOReader, write_insightface_pack
 from factory.data.mixing import RecordIODataset
 from factory.data.procedural import ProceduralFaceWorld, unlabelled_batch
-from factory.files import write_json
 
 
 def main() -> None:
@@ -70,11 +69,7 @@ def main() -> None:
         "pack": {"images": len(encoded), "megabytes": megabytes, "encoding": "JPEG q95, 112x112"},
         "results": results,
     }
-    out = Path(__file__).parent / "results" / "data.json"
-    write_json(out, record)
-    for key, value in results.items():
-        print(f"{key:<45}{value:>10.1f}")
-    print(f"written to {out}")
+    save_results("data", record)
 
 
 if __name__ == "__main__":

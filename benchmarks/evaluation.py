@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-from run import cpu_name
+from run import cpu_name, save_results
 
 from factory.evaluate.operational import operational_fairness
 from factory.evaluate.verification import THRESHOLDS, tar_at_far, verify_distances
-from factory.files import write_json
 
 
 def loop_protocol(dist: np.ndarray, issame: np.ndarray) -> float:
@@ -69,11 +67,7 @@ def main() -> None:
         "bootstrap_replicates": args.replicates,
         "results": results,
     }
-    out = Path(__file__).parent / "results" / "evaluation.json"
-    write_json(out, record)
-    for key, value in results.items():
-        print(f"{key:<32}{value:>12.4f}")
-    print(f"written to {out}")
+    save_results("evaluation", record, digits=4)
 
 
 if __name__ == "__main__":

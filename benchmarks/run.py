@@ -37,6 +37,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def save_results(name: str, record: dict, digits: int = 1) -> Path:
+    """Write ``record`` to ``benchmarks/results/<name>.json`` and print its ``results`` one per line."""
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    write_json(out, record)
+    width = max(map(len, record["results"])) + 4
+    for key, value in record["results"].items():
+        print(f"{key:<{width}}{value:>12.{digits}f}")
+    print(f"written to {out}")
+    return out
+
+
 def rate(fn, images_per_call: int, seconds: float, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -111,11 +122,7 @@ def main() -> None:
         "batch": b,
         "results": results,
     }
-    out = Path(__file__).parent / "results" / "throughput.json"
-    write_json(out, record)
-    for key, value in results.items():
-        print(f"{key:<40}{value:>10.1f}")
-    print(f"written to {out}")
+    save_results("throughput", record)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,33 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--model/--weights or --artifact, and --normalization: how `embed` and `eval` name the model to run."""
+    options = [
+        click.option(
+            "--model", "model_name", metavar="NAME", help="Zoo architecture (with --weights, or a fresh one)."
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Weights for --model: a factory checkpoint, an insightface state_dict (.pth/.pt) or .safetensors.",
+        ),
+        click.option(
+            "--artifact",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="An exported model instead: .onnx, .xml (OpenVINO), .engine (TensorRT), TorchScript or a checkpoint.",
+        ),
+        click.option(
+            "--normalization",
+            type=click.Choice(["arcface", "legacy128"]),
+            help="Input convention of the weights when it is not stored with them (legacy128: (x-127.5)/128).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="factory")
 def main() -> None:
@@ -237,13 +264,7 @@ def mix(sources: tuple[str, ...], mapping: Path | None, seed: int, out: Path | N
 
 @main.command("eval")
 @click.argument("benchmark", required=False, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", metavar="NAME", help="Zoo architecture (with --weights).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="Weights for --model.")
-@click.option(
-    "--artifact",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="An exported model: .onnx, .xml (OpenVINO), .engine (TensorRT), TorchScript or a checkpoint.",
-)
+@_model_options
 @click.option(
     "--embeddings",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -261,6 +282,7 @@ def eval_command(
     model_name: str | None,
     weights: Path | None,
     artifact: Path | None,
+    normalization: str | None,
     embeddings: Path | None,
     flip: bool,
     as_json: bool,
@@ -294,7 +316,7 @@ def eval_command(
             bench = build_benchmark(ProceduralFaceWorld(seed=0), pairs_per_group=600, seed=0)
         else:
             bench = load_real_benchmark(str(benchmark))
-        runner = model_runner(model_name, weights, artifact, threads=threads)
+        runner = model_runner(model_name, weights, artifact, normalization, threads)
         vectors = embed_benchmark(runner, bench, flip, batch_size, sys.stderr.isatty())
     report = evaluate_and_plot(vectors, bench, plots, replicates=bootstrap)
     if as_json:
@@ -353,22 +375,7 @@ def models_info(name: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", metavar="NAME", help="Zoo architecture (with --weights, or a fresh one).")
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Weights for --model: a factory checkpoint, an insightface state_dict (.pth/.pt) or .safetensors.",
-)
-@click.option(
-    "--artifact",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="An exported model instead: .onnx (ONNX Runtime), .xml (OpenVINO), TorchScript or a checkpoint.",
-)
-@click.option(
-    "--normalization",
-    type=click.Choice(["arcface", "legacy128"]),
-    help="Input convention of the weights when it is not stored with them (legacy128: (x-127.5)/128).",
-)
+@_model_options
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .npz.")
 @click.option("--flip", is_flag=True, help="Fuse each embedding with its mirrored image's (insightface).")
 @click.option("--batch-size", default=64, show_default=True)

@@ -42,27 +42,22 @@ def fingerprint(path: str) -> str:
     return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 
+def _with_inputs(settings: dict[str, Any], **paths: str | None) -> dict[str, Any]:
+    """``settings`` plus the fingerprint of every outside file the recipe names, so editing one re-runs the stage."""
+    return {**settings, **{f"{name}_fingerprint": fingerprint(p) for name, p in paths.items() if p}}
+
+
 def _data_settings(r: Recipe) -> dict[str, Any]:
-    settings = {"data": r.data, "seed": r.seed}
-    if r.data.benchmark:
-        settings["benchmark_fingerprint"] = fingerprint(r.data.benchmark)
-    return settings
+    return _with_inputs({"data": r.data, "seed": r.seed}, benchmark=r.data.benchmark)
 
 
 def _teacher_settings(r: Recipe) -> dict[str, Any]:
     settings = {"teacher": r.teacher, "world": r.data.world, "seed": r.seed}
-    if r.teacher.checkpoint:
-        settings["checkpoint_sha256"] = fingerprint(r.teacher.checkpoint)
-    if r.teacher.train_data:
-        settings["train_data_fingerprint"] = fingerprint(r.teacher.train_data)
-    return settings
+    return _with_inputs(settings, checkpoint=r.teacher.checkpoint, train_data=r.teacher.train_data)
 
 
 def _distill_settings(r: Recipe) -> dict[str, Any]:
-    settings = {"distill": r.distill, "world": r.data.world, "seed": r.seed}
-    if r.distill.data:
-        settings["data_fingerprint"] = fingerprint(r.distill.data)
-    return settings
+    return _with_inputs({"distill": r.distill, "world": r.data.world, "seed": r.seed}, data=r.distill.data)
 
 
 def _validate_summary(m: dict[str, Any]) -> str:

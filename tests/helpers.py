@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -18,3 +23,25 @@ def randomise_stats(model: nn.Module, seed: int = 0, prelu_max: float = 0.5) -> 
                 module.bias.copy_(torch.randn(module.num_features, generator=gen) * 0.1)
             elif isinstance(module, nn.PReLU):
                 module.weight.copy_(torch.rand(module.weight.shape, generator=gen) * prelu_max)
+
+
+def encode_png(image_chw: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 ``3×H×W`` image."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image_chw.transpose(1, 2, 0))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def procedural_bin(path: Path, pairs: int = 40, split: str = "helper-bin", seed: int = 0) -> Path:
+    """An insightface-format verification ``.bin`` of procedural faces: 10 folds, half genuine, half impostor."""
+    from factory.data.benchmark import pair_layout
+    from factory.data.formats.verification_bin import VerificationBin
+    from factory.data.procedural import ProceduralFaceWorld, identity_set, make_generator
+
+    world = ProceduralFaceWorld(seed=0)
+    layout, issame = pair_layout(pairs, np.random.default_rng(seed))
+    ids = identity_set(world, split, per_group=int(layout.max()) + 1, seed=seed)
+    index = torch.from_numpy(layout.reshape(-1))
+    faces = world.synthesis(world.mapping(ids.z[index], ids.group[index]), make_generator(split, seed)).numpy()
+    VerificationBin([encode_png(face) for face in faces], issame).save(path)
+    return path

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import procedural_bin
 
 from factory.cli import main
 
@@ -199,30 +200,10 @@ def test_killed_build_resumes_distillation(tmp_path: Path) -> None:
 
 
 def test_build_validates_on_a_real_verification_bin(first_build: tuple[Path, int, list[str]], tmp_path: Path) -> None:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from factory.data.formats.verification_bin import VerificationBin
-    from factory.data.procedural import ProceduralFaceWorld, identity_set, make_generator
     from factory.pipeline import build as run_build
     from factory.recipe import load_recipe
 
-    # An insightface-format .bin of 40 pairs (20 genuine) rendered from held-out procedural identities.
-    world = ProceduralFaceWorld(seed=0)
-    ids = identity_set(world, "realbin", per_group=10, seed=0)
-    pick = np.array([i for k in range(20) for i in (k, k)] + [i for k in range(20) for i in (k, (k + 1) % 40)])
-    faces = world.synthesis(world.mapping(ids.z[pick], ids.group[pick]), make_generator("realbin", 0)).numpy()
-    encoded = []
-    for face in faces:
-        buf = io.BytesIO()
-        Image.fromarray(face.transpose(1, 2, 0)).save(buf, format="PNG")
-        encoded.append(buf.getvalue())
-    order = np.concatenate([np.arange(20), np.arange(20) + 20]).reshape(2, 10, 2).transpose(1, 0, 2).ravel()
-    images = [encoded[2 * k + j] for k in order for j in (0, 1)]
-    issame = np.array([k < 20 for k in order])
-    VerificationBin(images, issame).save(tmp_path / "lfw.bin")
+    procedural_bin(tmp_path / "lfw.bin", pairs=40)  # insightface format, held-out procedural identities
 
     overrides = [f"run_dir={first_build[0]}", *TINY, f"data.benchmark={tmp_path / 'lfw.bin'}"]
     result = run_build(load_recipe(RECIPE, overrides), until="validate")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from helpers import procedural_bin
 
 from factory.cli import main
-from factory.data.formats.verification_bin import VerificationBin
 
 
 def embeddings_file(path: Path, n: int = 200, with_groups: bool = True, **override: np.ndarray) -> Path:
@@ -70,20 +68,10 @@ def test_bad_embeddings_files_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_eval_an_artifact_on_a_bin_with_plots(tmp_path: Path) -> None:
-    from factory.data.procedural import ProceduralFaceWorld, identity_set, make_generator
     from factory.export.onnx import export_onnx
     from factory.models.zoo import create_model
 
-    world = ProceduralFaceWorld(seed=0)
-    ids = identity_set(world, "evalcli", per_group=5, seed=0)
-    pick = np.array([i for k in range(20) for i in ((k, k) if k % 2 == 0 else (k, (k + 3) % 20))])
-    faces = world.synthesis(world.mapping(ids.z[pick], ids.group[pick]), make_generator("e", 0)).numpy()
-    encoded = []
-    for face in faces:
-        buf = io.BytesIO()
-        Image.fromarray(face.transpose(1, 2, 0)).save(buf, format="PNG")
-        encoded.append(buf.getvalue())
-    VerificationBin(encoded, np.arange(20) % 2 == 0).save(tmp_path / "tiny.bin")
+    procedural_bin(tmp_path / "tiny.bin", pairs=40)
     onnx_path = export_onnx(create_model("iresnet_nano").eval(), tmp_path / "m.onnx")
     code, out = run(str(tmp_path / "tiny.bin"), "--artifact", str(onnx_path), "--plots", str(tmp_path / "plots"))
     assert code == 0, out

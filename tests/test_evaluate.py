@@ -264,7 +264,6 @@ def test_operational_fairness_per_group_at_one_threshold() -> None:
     assert a["fmr_supported"]  # 1000 impostors in the group back FMR 1e-2 (>= 300) ...
     fine = result["1e-03"]
     assert not fine["supported"] and not fine["groups"]["a"]["fmr_supported"]  # ... but not 1e-3 (< 3000)
-    assert fine["summary"]["fmr_max_min"] in ("inf", "not estimable") or fine["groups"]["a"]["fmr"] > 0
 
 
 def loop_tar_at_far(dist: np.ndarray, issame: np.ndarray, target: float) -> tuple[float, float, float]:
