@@ -23,7 +23,8 @@ from run import cpu_name, save_results
 
 from factory.data.formats.recordio import RecordIOReader, write_insightface_pack
 from factory.data.mixing import RecordIODataset
-from factory.data.procedural import ProceduralFaceWorld, unlabelled_batch
+from factory.data.world.renderer import ProceduralFaceWorld
+from factory.data.world.splits import unlabelled_batch
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from factory.evaluate.latency import measure_latency
 from factory.export.onnx import export_onnx
 from factory.export.openvino import convert_to_openvino
 from factory.export.parity import fixed_inputs
-from factory.export.runtimes import onnx_runner, openvino_runner, torch_runner
 from factory.files import write_json
 from factory.models.zoo import create_model, list_models, model_info
+from factory.runtime.runners import onnx_runner, openvino_runner, torch_runner
 
 
 def latency_ms(run, budget_s: float, threads: int) -> float:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from factory.data.procedural import ProceduralFaceWorld, identity_set, labelled_batch, unlabelled_batch
+from factory.data.world.renderer import ProceduralFaceWorld
+from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
 from factory.distill.tasks import FeatureDistillTask
 from factory.files import write_json
 from factory.models.heads import create_head

@@ -99,17 +99,16 @@ def build(
     Stages: data, teacher, distill, export, compress, validate, release. A stage whose settings, inputs and code
     are unchanged is skipped ("cached"). An interrupted build resumes where it stopped.
     """
-    from factory.evaluate.validate import accuracy_table
-    from factory.pipeline import GateFailure, unpublish
-    from factory.pipeline import build as run_build
+    from factory.evaluate.tables import accuracy_table
+    from factory.pipeline.build import build as run_build
+    from factory.pipeline.stage import GateFailure
     from factory.release.gates import GateResult, format_gate_table
 
     parsed = load_recipe(recipe, list(overrides))
     show = sys.stderr.isatty() if progress is None else progress
     try:
         result = run_build(parsed, force=force, until=until, progress=show)
-    except GateFailure as failure:
-        unpublish(parsed)
+    except GateFailure as failure:  # the library has already withdrawn the release pointer
         if failure.validation is not None:
             click.echo("\n" + accuracy_table(failure.validation) + "\n")
         click.echo(format_gate_table([GateResult(**g) for g in failure.gates]))
@@ -165,8 +164,8 @@ def preview(source: Path | None, out: Path, identities: int, samples: int) -> No
     SOURCE is a recipe (its world; none for the built-in one) or a dataset (.rec, .bin, RFW root, image folder,
     list), shown as one grid with a row per group.
     """
-    from factory.data.build import make_world
     from factory.data.preview import write_dataset_preview, write_previews
+    from factory.data.world.renderer import make_world
     from factory.recipe import Recipe
 
     if source is not None and source.suffix not in (".yaml", ".yml"):
@@ -241,22 +240,9 @@ def mix(sources: tuple[str, ...], mapping: Path | None, seed: int, out: Path | N
     Each PATH is an image folder (BUPT <group>/<identity>/ or <identity>/) or a CSV/TSV list; every group gets
     each source's ratio of its images.
     """
-    from factory.data.formats.folders import read_group_mapping, read_image_folder, read_image_list
-    from factory.data.mixing import mix_sources, write_image_list
+    from factory.data.mixing import mix_specs, write_image_list
 
-    indexes, ratios = {}, {}
-    groups = read_group_mapping(mapping) if mapping else None
-    for spec in sources:
-        name, sep, rest = spec.partition("=")
-        path, _, ratio = rest.rpartition(":")
-        if not sep or not path or not ratio:
-            raise click.UsageError(f"expected NAME=PATH:RATIO, got {spec!r}")
-        src = Path(path)
-        index = read_image_folder(src) if src.is_dir() else read_image_list(src)
-        if groups is not None and index.group_names == ["all"]:
-            index = index.with_groups(groups)
-        indexes[name], ratios[name] = index, float(ratio)
-    mixture = mix_sources(indexes, ratios, seed=seed)
+    mixture = mix_specs(list(sources), mapping, seed=seed)
     click.echo(mixture.composition_table())
     if out is not None:
         click.echo(str(write_image_list(out, mixture.images)))
@@ -306,16 +292,10 @@ def eval_command(
     else:
         if benchmark is None or (model_name is None) == (artifact is None):
             raise click.UsageError("give BENCHMARK and exactly one of --model/--artifact, or --embeddings FILE")
-        from factory.data.build import load_real_benchmark
-        from factory.models.loading import model_runner
+        from factory.data.formats.benchmarks import load_benchmark
+        from factory.models.external import model_runner
 
-        if str(benchmark) == "procedural":
-            from factory.data.benchmark import build_benchmark
-            from factory.data.procedural import ProceduralFaceWorld
-
-            bench = build_benchmark(ProceduralFaceWorld(seed=0), pairs_per_group=600, seed=0)
-        else:
-            bench = load_real_benchmark(str(benchmark))
+        bench = load_benchmark(str(benchmark))
         runner = model_runner(model_name, weights, artifact, normalization, threads)
         vectors = embed_benchmark(runner, bench, flip, batch_size, sys.stderr.isatty())
     report = evaluate_and_plot(vectors, bench, plots, replicates=bootstrap)
@@ -400,8 +380,8 @@ def embed(
     path order and must already be aligned at the model's input size.
     """
     from factory.evaluate.embed import embed_files, list_images, write_embeddings
-    from factory.export.runtimes import embed_uint8
-    from factory.models.loading import model_runner
+    from factory.models.external import model_runner
+    from factory.runtime.runners import embed_uint8
 
     if (model_name is None) == (artifact is None):
         raise click.UsageError("give exactly one of --model NAME [--weights FILE] or --artifact FILE")
@@ -411,6 +391,24 @@ def embed(
     vectors = embed_files(embed_uint8(runner), paths, runner.contract.input_size[0], batch_size, flip, show)
     write_embeddings(out, vectors, paths)
     click.echo(f"{len(paths)} embeddings ({vectors.shape[1]}-d{', flip-fused' if flip else ''}) -> {out}")
+
+
+@main.group()
+def release() -> None:
+    """Check release bundles."""
+
+
+@release.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--threads", default=1, show_default=True, help="CPU threads of each runtime.")
+def release_verify(directory: Path, threads: int) -> None:
+    """Check a release's checksums and golden embeddings (exit 0 all ok, 1 any failure, 2 no readable manifest).
+
+    The same check as deploy/verify_release.py on a target: one `ok`/`FAIL` line per check.
+    """
+    from factory.runtime.verify import verify_and_print
+
+    sys.exit(verify_and_print(directory, threads))
 
 
 if __name__ == "__main__":

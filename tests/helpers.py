@@ -36,7 +36,9 @@ def procedural_bin(path: Path, pairs: int = 40, split: str = "helper-bin", seed:
     """An insightface-format verification ``.bin`` of procedural faces: 10 folds, half genuine, half impostor."""
     from factory.data.benchmark import pair_layout
     from factory.data.formats.verification_bin import VerificationBin
-    from factory.data.procedural import ProceduralFaceWorld, identity_set, make_generator
+    from factory.data.world.renderer import ProceduralFaceWorld
+    from factory.data.world.seeding import make_generator
+    from factory.data.world.splits import identity_set
 
     world = ProceduralFaceWorld(seed=0)
     layout, issame = pair_layout(pairs, np.random.default_rng(seed))

@@ -60,13 +60,16 @@ RELEASE_FILES = {
 
 
 def build(run_dir: Path, *extra: str) -> tuple[int, list[str]]:
-    args = ["build", str(RECIPE), "--no-progress", "--set", f"run_dir={run_dir}"]
+    """``factory build`` in a fresh process, as a user runs it (stdout lines, then stderr lines).
+
+    A fresh process matters for the cache: OpenVINO names unnamed nodes from a process-wide counter, so an IR
+    converted after other OpenVINO work in the same process differs in those names (not in its weights or graph).
+    """
+    cmd = [sys.executable, "-m", "factory", "build", str(RECIPE), "--no-progress", "--set", f"run_dir={run_dir}"]
     for item in (*TINY, *extra):
-        args += ["--set", item]
-    result = CliRunner().invoke(main, args)
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output.splitlines()
+        cmd += ["--set", item]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return out.returncode, out.stdout.splitlines() + out.stderr.splitlines()
 
 
 def stage_states(lines: list[str]) -> dict[str, str]:
@@ -90,7 +93,8 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     assert code == 0, "\n".join(lines)
     assert stage_states(lines) == {name: "ran" for name in STAGES}
     release = run_dir / "release"
-    assert lines[-1] == str(release.resolve())
+    gate_row = next(i for i, line in enumerate(lines) if "INT8 drop vs FP32" in line)
+    assert lines.index(str(release.resolve())) > gate_row  # the release directory comes after the gate table
     shipped = {p.name for p in release.iterdir()} - {"stage.json"}
     assert shipped == RELEASE_FILES
     manifest = json.loads((release / "manifest.json").read_text())
@@ -137,16 +141,30 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
     )
     assert out.returncode == 1 and "FAIL sha256 student.onnx" in out.stdout
     assert "FAIL golden onnx_fp32: not run" in out.stdout and "ok   golden openvino_int8" in out.stdout
+    # The same checks through the factory CLI.
+    verified = CliRunner().invoke(main, ["release", "verify", str(first_build[0] / "release")])
+    assert verified.exit_code == 0 and verified.output.count("ok   golden") == 3, verified.output
+    tampered = CliRunner().invoke(main, ["release", "verify", str(release)])
+    assert tampered.exit_code == 1 and "FAIL sha256 student.onnx: MISMATCH or missing" in tampered.output
 
 
 def test_rebuild_is_cached_and_changes_rerun_only_downstream(first_build: tuple[Path, int, list[str]]) -> None:
     run_dir = first_build[0]
     code, lines = build(run_dir)
     assert code == 0 and stage_states(lines) == {name: "cached" for name in STAGES}
-    code, lines = build(run_dir, "compress.preset=performance")
+    code, lines = build(run_dir, "compress.methods.0.preset=performance")
     assert code == 0
     states = stage_states(lines)
     assert {k for k, v in states.items() if v == "cached"} == {"data", "teacher", "distill", "export"}
+
+
+def test_a_setting_that_leaves_artifacts_identical_reruns_only_its_stage(
+    first_build: tuple[Path, int, list[str]],
+) -> None:
+    # The parity limit is read by export alone and changes none of its files: the stages after it stay cached.
+    code, lines = build(first_build[0], "export.min_parity_cosine=0.99")
+    assert code == 0, "\n".join(lines)
+    assert stage_states(lines) == {name: "ran" if name == "export" else "cached" for name in STAGES}
 
 
 def test_force_reruns_a_stage(first_build: tuple[Path, int, list[str]]) -> None:
@@ -200,7 +218,7 @@ def test_killed_build_resumes_distillation(tmp_path: Path) -> None:
 
 
 def test_build_validates_on_a_real_verification_bin(first_build: tuple[Path, int, list[str]], tmp_path: Path) -> None:
-    from factory.pipeline import build as run_build
+    from factory.pipeline.build import build as run_build
     from factory.recipe import load_recipe
 
     procedural_bin(tmp_path / "lfw.bin", pairs=40)  # insightface format, held-out procedural identities
@@ -215,15 +233,17 @@ def test_build_validates_on_a_real_verification_bin(first_build: tuple[Path, int
     from factory.recipe import GatesConfig
     from factory.release.gates import evaluate_gates
 
-    std_rows = [r for r in evaluate_gates(GatesConfig(max_std=0.05), metrics) if "STD" in r.gate]
+    artifacts = [a for out in result.stages.values() for a in out.artifacts]
+    std_rows = [r for r in evaluate_gates(GatesConfig(max_std=0.05), metrics, artifacts) if "STD" in r.gate]
     assert std_rows and all(not r.passed and r.gate == "accuracy STD (n/a)" for r in std_rows)
 
 
 def test_teacher_and_distillation_train_on_files(tmp_path: Path) -> None:
     from PIL import Image
 
-    from factory.data.procedural import ProceduralFaceWorld, identity_set, labelled_batch, unlabelled_batch
-    from factory.pipeline import build as run_build
+    from factory.data.world.renderer import ProceduralFaceWorld
+    from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
+    from factory.pipeline.build import build as run_build
     from factory.recipe import load_recipe
 
     world = ProceduralFaceWorld(seed=0)
@@ -240,10 +260,42 @@ def test_teacher_and_distillation_train_on_files(tmp_path: Path) -> None:
     overrides = [
         f"run_dir={tmp_path / 'run'}",
         *TINY,
-        f"teacher.train_data={tmp_path / 'bupt'}",
-        f"distill.data={tmp_path / 'flat'}",
+        "teacher.source.kind=files",
+        f"teacher.source.path={tmp_path / 'bupt'}",
+        "distill.source.kind=files",
+        f"distill.source.path={tmp_path / 'flat'}",
     ]
     result = run_build(load_recipe(RECIPE, overrides), until="distill")
     teacher = result.stages["teacher"].metrics
     assert teacher["data"] == str(tmp_path / "bupt") and teacher["identities"] == len(set(labels.tolist()))
     assert result.stages["distill"].metrics["steps"] == 12
+
+
+def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[Path, int, list[str]]) -> None:
+    import plugin_fp16  # noqa: F401  (registers the exporter: the only code the new kind brings)
+
+    from factory.pipeline.build import build as run_build
+    from factory.recipe import load_recipe
+    from factory.runtime.verify import verify_release
+
+    formats = "export.formats=[{kind: onnx}, {kind: openvino}, {kind: openvino_fp16}]"
+    result = run_build(load_recipe(RECIPE, [f"run_dir={first_build[0]}", *TINY, formats]), echo=lambda line: None)
+    assert result.stages["distill"].cached  # the models are reused; everything from export on sees the new kind
+    validation = result.stages["validate"].metrics
+    assert validation["order"] == [
+        "teacher",
+        "torch_fp32",
+        "onnx_fp32",
+        "openvino_fp32",
+        "openvino_fp16",
+        "openvino_int8",
+    ]
+    gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
+    assert {("openvino_fp16", "mean accuracy"), ("openvino_fp16", "latency ms (b1)")} <= gates
+    manifest = json.loads((result.release_dir / "manifest.json").read_text())
+    assert manifest["artifacts"]["openvino_fp16"]["precision"] == "fp16"
+    assert (result.release_dir / "student_fp16.bin").is_file()
+    assert "openvino_fp16" in {row["stage"] for row in manifest["fairness_ledger"]}
+    checks = verify_release(result.release_dir)
+    assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
+    assert any(c.message.startswith("golden openvino_fp16: cosine") for c in checks)

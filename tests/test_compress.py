@@ -13,8 +13,8 @@ from factory.compress.ptq import head_node_names, quantize_openvino
 from factory.export.onnx import export_onnx
 from factory.export.openvino import convert_to_openvino, read_openvino_contract
 from factory.export.parity import check_parity, fixed_inputs
-from factory.export.runtimes import openvino_runner
-from factory.models.contract import ModelContract
+from factory.runtime.contract import ModelContract
+from factory.runtime.runners import openvino_runner
 
 CONTRACT = ModelContract(input_size=(32, 32), embedding_dim=512)
 

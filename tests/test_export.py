@@ -12,11 +12,13 @@ import torch
 from helpers import randomise_stats
 from torch import nn
 
-from factory.data.preprocess import to_model_input_numpy
 from factory.export.onnx import export_onnx, read_onnx_contract, read_onnx_model_name, restore_prelu
 from factory.export.openvino import convert_to_openvino, read_openvino_contract
 from factory.export.parity import ParityError, ParityResult, check_parity, fixed_inputs, require_parity
-from factory.export.runtimes import (
+from factory.export.tensorrt import build_engine
+from factory.runtime.contract import ModelContract
+from factory.runtime.preprocess import to_model_input_numpy
+from factory.runtime.runners import (
     RUNTIMES,
     Runner,
     embed_uint8,
@@ -25,8 +27,7 @@ from factory.export.runtimes import (
     openvino_runner,
     torch_runner,
 )
-from factory.export.tensorrt import INSTALL_HINT, build_engine, tensorrt_available
-from factory.models.contract import ModelContract
+from factory.runtime.tensorrt import INSTALL_HINT, tensorrt_available
 
 CONTRACT = ModelContract(input_size=(32, 32), mean=(120.0, 110.0, 100.0), std=(60.0, 62.0, 64.0), embedding_dim=512)
 
@@ -201,7 +202,7 @@ def test_load_runner_by_suffix(onnx_path: Path, xml_path: Path, inputs: np.ndarr
     assert isinstance(ort_runner, Runner) and isinstance(ov_runner, Runner)
     assert ort_runner.contract == ov_runner.contract == CONTRACT
     assert check_parity(ort_runner, ov_runner, inputs).min_cosine > 0.9999
-    assert set(RUNTIMES.names()) >= {"torch", "onnxruntime", "openvino"}
+    assert set(RUNTIMES.names()) >= {"onnxruntime", "openvino", "tensorrt"}
 
 
 def test_load_runner_missing_or_unknown_file(tmp_path: Path) -> None:

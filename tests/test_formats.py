@@ -153,7 +153,8 @@ def test_bin_that_would_run_a_command_is_refused_unexecuted(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def faces() -> list[bytes]:
-    from factory.data.procedural import ProceduralFaceWorld, unlabelled_batch
+    from factory.data.world.renderer import ProceduralFaceWorld
+    from factory.data.world.splits import unlabelled_batch
 
     images = unlabelled_batch(ProceduralFaceWorld(seed=0), 12, step=0, seed=0)["images"].numpy()
     out = []
@@ -193,7 +194,7 @@ def test_bupt_folder_and_list_readers(faces: list[bytes], tmp_path: Path) -> Non
 
 def test_alignment_maps_landmarks_onto_the_template() -> None:
     from factory.data.alignment import align_face, similarity_transform
-    from factory.models.contract import ARCFACE_TEMPLATE
+    from factory.runtime.contract import ARCFACE_TEMPLATE
 
     template = np.array(ARCFACE_TEMPLATE)
     # A 250×250 "photo": the template rotated by 20°, scaled 1.7× and shifted, with a bright dot on each landmark.

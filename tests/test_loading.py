@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,15 +14,24 @@ from helpers import randomise_stats
 from PIL import Image
 
 from factory.cli import main
-from factory.data.procedural import ProceduralFaceWorld, unlabelled_batch
+from factory.data.world.renderer import ProceduralFaceWorld
+from factory.data.world.splits import unlabelled_batch
 from factory.export.onnx import export_onnx
 from factory.export.openvino import convert_to_openvino
 from factory.models.checkpoint import CheckpointMismatchError, save_model
-from factory.models.contract import ModelContract
-from factory.models.loading import RunnerModule, TorchScriptModule, load_any_model, load_backbone, read_state_dict
+from factory.models.external import (
+    RunnerModule,
+    TorchScriptModule,
+    load_any_model,
+    load_backbone,
+    load_teacher,
+    read_state_dict,
+)
 from factory.models.zoo import create_model
+from factory.pipeline.stage import BuiltArtifact, StageContext
 from factory.recipe import load_recipe
-from factory.train.teacher import BLACK_BOX_FILE, TEACHER_FILE, adopt_teacher, load_teacher
+from factory.runtime.contract import ModelContract
+from factory.train.stage import TEACHER_FILE, adopt_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,29 +111,39 @@ def test_torchscript_black_box(mbf, x, tmp_path: Path) -> None:
         assert torch.allclose(teacher(x), mbf(x), atol=1e-5)
 
 
-def stage(tmp_path: Path, checkpoint: Path, model: str) -> SimpleNamespace:
+def stage(tmp_path: Path, checkpoint: Path, model: str) -> StageContext:
     recipe = load_recipe(
         ROOT / "recipes" / "tinyfar_synthdistill.yaml", [f"teacher.checkpoint={checkpoint}", f"teacher.model={model}"]
     )
     work = tmp_path / "stage"
     work.mkdir(parents=True)
-    return SimpleNamespace(recipe=recipe, work_dir=work, dir=work, path=lambda name: work / name)
+    return StageContext(config={"teacher": recipe.teacher}, work_dir=work, inputs={}, recipe=recipe)
 
 
 def test_teacher_stage_adopts_insightface_weights_and_onnx_files(mbf, x, tmp_path: Path) -> None:
     torch.save(mbf.state_dict(), tmp_path / "backbone.pth")
     ctx = stage(tmp_path / "a", tmp_path / "backbone.pth", "mbf")
-    metrics = adopt_teacher(ctx, tmp_path / "backbone.pth")
-    assert (ctx.work_dir / TEACHER_FILE).is_file() and metrics["model"] == "mbf" and len(metrics["sha256"]) == 64
+    made = adopt_teacher(ctx, tmp_path / "backbone.pth")
+    assert (ctx.work_dir / TEACHER_FILE).is_file() and made.metrics["model"] == "mbf"
+    assert len(made.metrics["sha256"]) == 64
+    (artifact,) = made.artifacts
+    assert artifact.reference and artifact.runtime == "torch" and artifact.files == (TEACHER_FILE,)
     with torch.no_grad():
-        assert torch.equal(load_teacher(ctx).eval()(x), mbf(x))
+        assert torch.equal(load_teacher(BuiltArtifact(artifact, ctx.work_dir)).eval()(x), mbf(x))
 
     onnx_path = export_onnx(mbf, tmp_path / "teacher_src.onnx")
     ctx = stage(tmp_path / "b", onnx_path, "mbf")
-    metrics = adopt_teacher(ctx, onnx_path)
-    assert metrics["black_box"] and json.loads((ctx.work_dir / BLACK_BOX_FILE).read_text())["file"] == "teacher.onnx"
+    made = adopt_teacher(ctx, onnx_path)
+    (artifact,) = made.artifacts
+    assert made.metrics["black_box"] and artifact.files == ("teacher.onnx",)
+    assert artifact.contract == mbf.contract.to_dict()  # a black box's declared contract travels in its record
+    built = BuiltArtifact(artifact, ctx.work_dir)
     with torch.no_grad():
-        assert cosine(load_teacher(ctx)(x), mbf(x)).min() > 0.9999
+        assert cosine(load_teacher(built)(x), mbf(x)).min() > 0.9999
+    # The same record runs through the registered torch runtime, as validation runs it.
+    emb = built.runner()(x.numpy())
+    with torch.no_grad():
+        assert cosine(torch.from_numpy(emb), mbf(x)).min() > 0.9999
 
 
 @pytest.fixture(scope="module")

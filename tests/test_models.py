@@ -8,11 +8,11 @@ from helpers import randomise_stats
 
 from factory.export.onnx import export_onnx
 from factory.export.parity import check_parity, fixed_inputs
-from factory.export.runtimes import onnx_runner, torch_runner
 from factory.models.checkpoint import CheckpointMismatchError, load_model, load_state_dict_strict, save_model
 from factory.models.heads import create_head
 from factory.models.zoo import count_flops, count_params, create_model, list_models
 from factory.registry import UnknownNameError
+from factory.runtime.runners import onnx_runner, torch_runner
 
 # ../shared/REFERENCE.md §1 (all nn.Parameters, frozen ones included).
 REFERENCE_PARAMS = {

@@ -1,12 +1,16 @@
-"""Recipes: strict schema, located errors, extends, overrides, and every shipped recipe validates."""
+"""Recipes: strict schema, located errors, extends, overrides, lists and tagged unions (on the toy schema of
+recipe_toys), and every shipped recipe validates.
+"""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from recipe_toys import Book, Lamp, Poster, Row, Shelf
 
 from factory.cli import main
-from factory.recipe import RecipeError, load_recipe
+from factory.recipe import RecipeError, load_recipe, loader
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -126,3 +130,141 @@ def test_cli_check_exit_codes(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "file not found" in missing.output
     resolved = runner.invoke(main, ["check", str(good), "--resolved", "--set", "seed=9"])
     assert resolved.exit_code == 0 and "seed: 9" in resolved.output
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lists and tagged unions, on the toy schema of recipe_toys (the real schema has neither yet)
+# --------------------------------------------------------------------------------------------------------------
+
+TOY_KINDS = "book, lamp, poster"
+
+
+@pytest.fixture
+def shelf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(loader.UNION_FAMILIES, "toy", ("recipe_toys", "TOYS"))
+    monkeypatch.setitem(loader.UNION_FAMILIES, "broken", ("recipe_toys", "BROKEN"))
+    monkeypatch.setattr(loader, "Recipe", Shelf)
+
+
+def test_lists_of_scalars_and_dataclasses(tmp_path: Path, shelf: None) -> None:
+    path = write(tmp_path, "r.yaml", "sizes: [1, 2]\nrows:\n  - label: top\n    width: 2\n  - {label: low}\n")
+    recipe = load_recipe(path)
+    assert recipe.sizes == [1, 2]
+    assert recipe.rows == [Row("top", 2.0), Row("low")] and isinstance(recipe.rows[0].width, float)
+
+
+def test_list_items_are_located(tmp_path: Path, shelf: None) -> None:
+    path = write(
+        tmp_path,
+        "r.yaml",
+        "sizes:\n  - 1\n  - two\nrows:\n  - label: top\n  - label: low\n    width: wide\n    heigth: 3\n  - 7\n",
+    )
+    assert issues_of(path) == [
+        f"{path}:3: sizes.1: got str 'two' (expected an integer)",
+        f"{path}:7: rows.1.width: got str 'wide' (expected a number)",
+        f"{path}:8: rows.1.heigth: unknown key (expected one of: label, width)",
+        f"{path}:9: rows.2: got int (expected a mapping)",
+    ]
+
+
+def test_a_list_field_needs_a_list(tmp_path: Path, shelf: None) -> None:
+    path = write(tmp_path, "r.yaml", "sizes: 3\nrows: x\nitems: lamp\n")
+    assert issues_of(path) == [
+        f"{path}:1: sizes: got int 3 (expected a list of integers)",
+        f"{path}:2: rows: got str 'x' (expected a list of mappings)",
+        f"{path}:3: items: got str 'lamp' (expected a list of toy mappings, each with a 'kind' (one of: {TOY_KINDS}))",
+    ]
+
+
+def test_tagged_union(tmp_path: Path, shelf: None) -> None:
+    text = "light: {kind: lamp, watts: 7}\nitems:\n  - kind: book\n    title: Emma\n    tags: [a]\n  - kind: lamp\n"
+    recipe = load_recipe(write(tmp_path, "r.yaml", text))
+    assert recipe.light == Lamp(watts=7.0) and recipe.spare is None
+    assert recipe.items == [Book(title="Emma", tags=["a"]), Lamp()]
+    assert recipe.to_dict()["items"][1] == {"kind": "lamp", "watts": 5.0, "colour": "warm"}
+    assert load_recipe(write(tmp_path, "d.yaml", "seed: 1\n")).items == [Book(title="Dune")]  # the default
+
+
+def test_tagged_union_errors(tmp_path: Path, shelf: None) -> None:
+    path = write(
+        tmp_path,
+        "r.yaml",
+        "light: {watts: 7}\n"
+        "spare: {kind: bok}\n"
+        "items:\n"
+        "  - kind: book\n"
+        "    titel: Emma\n"
+        "  - kind: lamp\n"
+        "    watts: bright\n"
+        "  - lamp\n"
+        "  - kind: 3\n"
+        "  - kind: poster\n",
+    )
+    assert issues_of(path) == [
+        f"{path}:1: light: missing 'kind' (expected one of: {TOY_KINDS})",
+        f"{path}:2: spare.kind: unknown toy 'bok': did you mean 'book'? (known: {TOY_KINDS})",
+        f"{path}:5: items.0.titel: unknown key (did you mean 'title'? expected one of: kind, title, pages, first_page, "
+        "tags)",
+        f"{path}:7: items.1.watts: got str 'bright' (expected a number)",
+        f"{path}:8: items.2: got str 'lamp' (expected a toy mapping with a 'kind' (one of: {TOY_KINDS}))",
+        f"{path}:9: items.3.kind: got int 3 (expected one of: {TOY_KINDS})",
+        f"{path}:10: items.4: missing 'image' (expected a string)",
+    ]
+
+
+def test_member_check_hook(tmp_path: Path, shelf: None) -> None:
+    path = write(tmp_path, "r.yaml", "items:\n  - kind: book\n    pages: 10\n    first_page: 20\n")
+    assert issues_of(path) == [f"{path}:4: items.0.first_page: got 20 (expected at most pages, 10)"]
+    # With a wrongly typed field the hook does not run (it would compare a string with an integer).
+    path = write(tmp_path, "r.yaml", "items:\n  - kind: book\n    pages: ten\n    first_page: 20\n")
+    assert issues_of(path) == [f"{path}:3: items.0.pages: got str 'ten' (expected an integer)"]
+
+
+def test_member_without_its_kind_field_is_a_schema_bug(tmp_path: Path, shelf: None) -> None:
+    with pytest.raises(TypeError, match="not a config dataclass"):
+        load_recipe(write(tmp_path, "r.yaml", "odd: {kind: plain}\n"))
+
+
+def test_set_into_lists(tmp_path: Path, shelf: None) -> None:
+    path = write(tmp_path, "r.yaml", "items:\n  - kind: book\n  - kind: lamp\nsizes: [1, 2]\n")
+    recipe = load_recipe(path, ["items.1.watts=9", "items.0.title=2.0", "sizes.0=5"])
+    assert recipe.items == [Book(title="2.0"), Lamp(watts=9.0)] and recipe.sizes == [5, 2]
+    # A list the file leaves out is indexed from its schema default.
+    recipe = load_recipe(write(tmp_path, "d.yaml", "seed: 1\n"), ["items.0.pages=50"])
+    assert recipe.items == [Book(title="Dune", pages=50)]
+    assert issues_of(path, ["items.3.title=x", "rows.0.label=y", "items.kind=lamp"]) == [
+        "--set:0: items.3: index 3 out of range (list has 2 items)",
+        "--set:0: rows.0: index 0 out of range (list has 0 items)",
+        "--set:0: items.kind: expected a list index, got 'kind' (list has 2 items)",
+    ]
+    assert issues_of(path, ["items.0.pages=many"]) == ["--set:0: items.0.pages: got str 'many' (expected an integer)"]
+
+
+def test_set_whole_lists_and_union_mappings(tmp_path: Path, shelf: None) -> None:
+    path = write(tmp_path, "r.yaml", "items:\n  - kind: book\n")
+    recipe = load_recipe(
+        path, ["items=[{kind: lamp}, {kind: book, title: Emma}]", "spare.kind=lamp", "spare.watts=3", "rows=[]"]
+    )
+    assert recipe.items == [Lamp(), Book(title="Emma")] and recipe.spare == Lamp(watts=3.0) and recipe.rows == []
+    assert issues_of(path, ["spare.watts=3", "items=[{kind: lamp, watts: x}]"]) == [
+        "--set:0: items.0.watts: got str 'x' (expected a number)",
+        f"--set:0: spare: missing 'kind' (expected one of: {TOY_KINDS})",
+    ]
+
+
+def test_to_yaml_round_trips(tmp_path: Path, shelf: None) -> None:
+    recipe = Shelf(
+        name="shelfy",
+        sizes=[1, 2],
+        rows=[Row("a", 2.5)],
+        items=[Book(title="Emma", tags=["x"]), Lamp(watts=2.5, colour="cold"), Poster(image="p.png")],
+        spare=Lamp(),
+    )
+    path = write(tmp_path, "shelfy.yaml", recipe.to_yaml())
+    loaded = load_recipe(path)
+    # Sections left null in code are filled with their defaults on load; everything written comes back equal.
+    assert loaded.teacher.source.kind == "procedural" and loaded.compress.methods[0].kind == "openvino_ptq"
+    assert dataclasses.replace(loaded, teacher=recipe.teacher, distill=recipe.distill) == dataclasses.replace(
+        recipe, export=loaded.export, compress=loaded.compress
+    )
+    assert load_recipe(write(tmp_path, "again.yaml", loaded.to_yaml())) == loaded

@@ -1,69 +1,19 @@
-"""The shared training loop: exact resume after an interruption, schedules, and loud failure on a NaN loss."""
+"""The shared training loop: exact resume (task and source state included, through SIGKILL), schedules, NaN."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from train_toys import DriftingSource, QueueTask, TinyNet, train
 
-from factory.models.contract import ModelContract
 from factory.recipe import TrainConfig
-from factory.train.loop import RESUME_FILE, NonFiniteLoss, TaskOutput, fit
+from factory.train.loop import RESUME_FILE, NonFiniteLoss, fit
 from factory.train.optim import lr_factor
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.contract = ModelContract(input_size=(8, 8), embedding_dim=4)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
-        self.fc = nn.Linear(4 * 64, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x))
-
-
-class RegressTask:
-    """Regress a fixed random projection of the pixels; has a trainable parameter of its own."""
-
-    def __init__(self) -> None:
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [self.scale]
-
-    def __call__(self, model: nn.Module, batch: dict) -> TaskOutput:
-        x = batch["pixels"].float() / 255
-        target = x.flatten(1)[:, :4]
-        loss = ((model(x) * self.scale - target) ** 2).mean()
-        return TaskOutput(loss, {"mse": loss.item()})
-
-
-def batches(step: int, stop_at: int | None = None) -> dict:
-    if stop_at is not None and step == stop_at:
-        raise KeyboardInterrupt
-    g = torch.Generator().manual_seed(step)
-    return {"pixels": torch.randint(0, 256, (8, 3, 8, 8), generator=g, dtype=torch.uint8)}
-
-
-def train(work: Path, cfg: TrainConfig, stop_at: int | None = None) -> tuple[TinyNet, RegressTask]:
-    torch.manual_seed(0)
-    model, task = TinyNet(), RegressTask()
-    fit(model, task, lambda s: batches(s, stop_at), cfg, work, progress=False, log_every=1)
-    return model, task
-
-
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    cfg = TrainConfig(steps=30, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=10, warmup_steps=3)
-    whole, whole_task = train(tmp_path / "a", cfg)
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "b", cfg, stop_at=17)
-    state = torch.load(tmp_path / "b" / RESUME_FILE, weights_only=True)
-    assert state["step"] == 10  # the last checkpoint before the interruption
-    resumed, resumed_task = train(tmp_path / "b", cfg)
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    assert torch.equal(whole_task.scale, resumed_task.scale)
 
 
 def test_lr_schedules() -> None:
@@ -80,4 +30,62 @@ def test_lr_schedules() -> None:
 def test_nan_loss_stops_with_a_fix(tmp_path: Path) -> None:
     cfg = TrainConfig(steps=5, batch_size=8, optimizer="sgd", lr=1e30, checkpoint_every=100)
     with pytest.raises(NonFiniteLoss, match="lower the lr"):
-        train(tmp_path, cfg)
+        fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    for part in ("model", "task", "source"):
+        assert a[part].keys() == b[part].keys(), part
+        for key, value in a[part].items():
+            other = b[part][key]
+            if isinstance(value, dict):
+                assert all(torch.equal(value[k], other[k]) for k in value), f"{part}.{key}"
+            else:
+                assert torch.equal(value, other), f"{part}.{key}"
+
+
+def test_interrupted_run_resumes_with_task_and_source_state(tmp_path: Path) -> None:
+    whole = train(tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    source = DriftingSource()
+    original = source.batch
+
+    def batch(step: int) -> dict:
+        if step == 17:
+            raise Stop
+        return original(step)
+
+    source.batch = batch
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=30, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=10)
+    with pytest.raises(Stop):
+        fit(TinyNet(), QueueTask(), source, cfg, tmp_path / "b", progress=False)
+    state = torch.load(tmp_path / "b" / RESUME_FILE, weights_only=True)
+    assert state["step"] == 10 and len(state["task"]["queue"]) == 12 and state["source"]["offset"] > 0
+    resumed = train(tmp_path / "b")
+    assert resumed["resumed_from"] == 10
+    assert_same_state(whole, resumed)
+    # The state matters: resuming with a fresh queue and source would not give the same run.
+    assert not torch.equal(whole["source"]["offset"], DriftingSource().state_dict()["offset"])
+
+
+def test_task_state_survives_sigkill(tmp_path: Path) -> None:
+    script = [sys.executable, str(Path(__file__).parent / "train_toys.py")]
+    subprocess.run([*script, str(tmp_path / "whole"), "40", "0", str(tmp_path / "whole.pt")], check=True, timeout=120)
+    work = tmp_path / "killed"
+    proc = subprocess.Popen([*script, str(work), "40", "0.05", str(tmp_path / "never.pt")])
+    deadline = time.monotonic() + 120
+    while not (work / RESUME_FILE).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "never.pt").exists()
+    subprocess.run([*script, str(work), "40", "0", str(tmp_path / "resumed.pt")], check=True, timeout=120)
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert resumed["resumed_from"] >= 5
+    assert_same_state(whole, resumed)

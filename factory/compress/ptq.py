@@ -55,8 +55,9 @@ def quantize_openvino(
 
     nncf.set_log_level(logging.WARNING)  # its INFO lines (ignored nodes, ...) are summarised by the stage instead
 
-    from factory.export.openvino import get_contract, save_ir_atomically, set_contract
-    from factory.export.runtimes import check_model_input
+    from factory.export.openvino import save_ir_atomically
+    from factory.runtime.contract import get_contract, set_contract
+    from factory.runtime.preprocess import check_model_input
 
     if preset not in PRESETS:
         raise ValueError(f"unknown PTQ preset {preset!r} (expected one of {', '.join(PRESETS)})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from factory.models.contract import ARCFACE_TEMPLATE
+from factory.runtime.contract import ARCFACE_TEMPLATE
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -147,3 +147,30 @@ class RecordIODataset(torch.utils.data.Dataset):
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image, int(record.labels[0])
+
+
+def mix_specs(specs: list[str], group_mapping: str | os.PathLike[str] | None = None, seed: int = 0) -> Mixture:
+    """:func:`mix_sources` over ``NAME=PATH:RATIO`` specs (what ``factory data mix`` takes).
+
+    Each PATH is an image folder (BUPT ``<group>/<identity>/`` or ``<identity>/``) or a CSV/TSV list;
+    ``group_mapping`` (an ``identity,group`` file) gives groups to sources without group folders.
+    """
+    from factory.data.formats.folders import read_group_mapping, read_image_folder, read_image_list
+
+    indexes, ratios = {}, {}
+    groups = read_group_mapping(group_mapping) if group_mapping else None
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        path, _, ratio = rest.rpartition(":")
+        if not sep or not path or not ratio:
+            raise ValueError(f"expected NAME=PATH:RATIO, got {spec!r}")
+        try:
+            ratios[name] = float(ratio)
+        except ValueError:
+            raise ValueError(f"{spec!r}: the ratio {ratio!r} is not a number (expected NAME=PATH:RATIO)") from None
+        src = Path(path)
+        index = read_image_folder(src) if src.is_dir() else read_image_list(src)
+        if groups is not None and index.group_names == ["all"]:
+            index = index.with_groups(groups)
+        indexes[name] = index
+    return mix_sources(indexes, ratios, seed=seed)

@@ -1,15 +1,15 @@
-"""The only place where pixels become model input.
+"""The only place where pixels become model input on the torch side.
 
-Every runtime (torch, ONNX Runtime, OpenVINO) and every stage (training, calibration, evaluation, golden inputs)
-turns uint8 RGB images into model input through :func:`to_model_input`, using the model's own contract.
+Training, calibration, evaluation and golden inputs turn uint8 RGB images into model input through
+:func:`to_model_input`, using the model's own contract. Runtimes that take arrays use its torch-free twin
+:func:`factory.runtime.preprocess.to_model_input_numpy`, which gives bit-identical results.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from factory.models.contract import ModelContract
+from factory.runtime.contract import ModelContract
 
 
 def to_model_input(images: torch.Tensor, contract: ModelContract) -> torch.Tensor:
@@ -26,8 +26,3 @@ def to_model_input(images: torch.Tensor, contract: ModelContract) -> torch.Tenso
     mean = torch.tensor(contract.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(contract.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def to_model_input_numpy(images: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """NumPy twin of :func:`to_model_input` for runtimes that take arrays."""
-    return to_model_input(torch.from_numpy(np.ascontiguousarray(images)), contract).numpy()

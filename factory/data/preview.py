@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from factory.data.procedural import ProceduralFaceWorld, identity_set, make_generator
+from factory.data.world.renderer import ProceduralFaceWorld
+from factory.data.world.seeding import make_generator
+from factory.data.world.splits import identity_set
 from factory.files import atomic_path
 
 PREVIEW_SPLIT = "preview"

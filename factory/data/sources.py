@@ -1,21 +1,304 @@
-"""Training data from files: a labelled source for teachers, an unlabelled one for distillation.
+"""Training data sources, registered by ``kind``: where the batches of a training stage come from.
 
-Batches are pure functions of ``(seed, step)`` like the procedural world's, so training on files resumes exactly
-too. Images are decoded in the training process: the data benchmark measured decoding at thousands of images/s on
-two cores, far above what a student trains at, so workers would add complexity for nothing here.
+A recipe names a source as a tagged section, e.g. ``distill.source: {kind: stylegan, pickle: G.pkl, ...}``. The
+registered object is that section's config dataclass; ``open(ctx)`` turns it into a live source for one training run
+(:class:`~factory.train.task.Source`: ``batch(step)``, a ``feedback`` hook, resumable state). Every batch is a pure
+function of ``(seed, split, step)`` and the source's state, so training resumes exactly.
+
+Kinds: ``procedural`` (the built-in world, labelled identities or fresh ones every step), ``files`` (a RecordIO pack,
+a labelled folder or list for teachers; a flat folder, list or pack for distillation), ``stylegan`` (a user's
+StyleGAN2-ADA generator, distillation only) and ``mix`` (several sources, each filling its share of every batch).
+
+Files are decoded in the training process: the data benchmark measured decoding at thousands of images/s on two
+cores, far above what a student trains at, so workers would add complexity for nothing here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from factory.data.formats.folders import LabelledImages, read_image_folder, read_image_list
 from factory.data.formats.recordio import RecordIOReader
 from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat_folder
-from factory.data.procedural import make_generator
+from factory.data.world.renderer import ProceduralFaceWorld
+from factory.data.world.seeding import make_generator
+from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
+from factory.registry import Registry
+
+Fail = Callable[[str, str], None]  # (relative key, message): how a section reports a problem at its recipe line
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What the stage decides about a source, beyond its recipe section."""
+
+    world: ProceduralFaceWorld
+    batch_size: int
+    seed: int
+    split: str  # procedural identities of this split only (``teacher``, ``distill``)
+    labelled: bool  # identity labels needed (teacher training) or not (distillation)
+    size: int = 112  # side of the images the trained model takes
+    identities_per_group: int = 100  # labelled procedural identities
+
+
+class Source(Protocol):
+    """Batches as a function of the step, with a feedback hook and resumable state (what training pulls from)."""
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """The batch for ``step``: at least ``"pixels"`` (uint8 ``N×3×H×W``)."""
+        ...
+
+    def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """What the task measured on each sample of ``batch`` (e.g. ``agreement``), for sources that adapt to it."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of the source that must survive a resume."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
+
+
+class StatelessSource:
+    """Defaults for a source whose batches depend on the step only."""
+
+    def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """Nothing adapts."""
+        del step, batch, per_sample
+
+    def state_dict(self) -> dict[str, Any]:
+        """No state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """No state to restore."""
+        if state:
+            raise ValueError(f"a stateless source got resume state {sorted(state)}")
+
+
+SOURCES: Registry[type] = Registry("source")
+
+
+@SOURCES.register("procedural")
+@dataclass
+class ProceduralSourceConfig:
+    """The built-in procedural world: a fixed identity set when labelled, fresh identities every step otherwise."""
+
+    kind: str = "procedural"
+
+    def open(self, ctx: SourceContext) -> Any:
+        """A live source over the recipe's world."""
+        if ctx.labelled:
+            return LabelledWorldBatches(ctx)
+        return UnlabelledWorldBatches(ctx)
+
+    def describe(self, ctx: SourceContext) -> str:
+        """Where the data comes from, for metrics and reports."""
+        return f"procedural:{ctx.split}"
+
+
+@SOURCES.register("files")
+@dataclass
+class FilesSourceConfig:
+    """Images from files: a RecordIO pack, a labelled folder (BUPT or ImageFolder) or a CSV/TSV list.
+
+    For distillation also a flat folder (labels are ignored).
+    """
+
+    kind: str = "files"
+    path: str | None = field(default=None, metadata={"path": True})
+
+    def check(self, fail: Fail) -> None:
+        """A files source names its files."""
+        if self.path is None:
+            fail("path", "missing (expected the path of a RecordIO pack, an image folder or a list)")
+
+    def open(self, ctx: SourceContext) -> Any:
+        """A live source over the files."""
+        return FileBatches(self.path, ctx)
+
+    def describe(self, ctx: SourceContext) -> str:
+        """The path."""
+        return str(self.path)
+
+
+@SOURCES.register("stylegan")
+@dataclass
+class StyleGANSourceConfig:
+    """A user's NVlabs StyleGAN2-ADA generator (label-free distillation only): :mod:`factory.data.world.stylegan`."""
+
+    kind: str = "stylegan"
+    pickle: str | None = field(default=None, metadata={"path": True})  # network-snapshot .pkl
+    code_dir: str | None = field(default=None, metadata={"path": True})  # the user's stylegan2-ada-pytorch clone
+    trust_pickle: bool = False  # the pickle runs code when loaded: the user must say they trust it
+    truncation_psi: float = 1.0
+
+    def check(self, fail: Fail) -> None:
+        """Both files are needed, and loading must be explicitly trusted."""
+        for key in ("pickle", "code_dir"):
+            if getattr(self, key) is None:
+                fail(key, "missing (expected the generator pickle and the NVlabs code folder)")
+        if not self.trust_pickle:
+            fail("trust_pickle", "a generator pickle runs code when loaded: set true once you trust its origin")
+
+    def open(self, ctx: SourceContext) -> Any:
+        """Load the generator (trusted) and wrap it as a live source."""
+        from factory.data.world.stylegan import StyleGANSource, load_stylegan2
+
+        if ctx.labelled:
+            raise ValueError("a stylegan source has no identity labels: use it for distillation (distill.source)")
+        generator = load_stylegan2(self.pickle, self.code_dir, trust=self.trust_pickle)
+        return GeneratorBatches(StyleGANSource(generator, truncation_psi=self.truncation_psi), ctx)
+
+    def describe(self, ctx: SourceContext) -> str:
+        """The generator pickle."""
+        return f"stylegan:{self.pickle}"
+
+
+@SOURCES.register("mix")
+@dataclass
+class MixSourceConfig:
+    """Several sources, each filling a fixed share of every batch (``weights``, normalised)."""
+
+    kind: str = "mix"
+    sources: list[Any] = field(default_factory=list, metadata={"union": "source"})
+    weights: list[float] = field(default_factory=list)
+
+    def check(self, fail: Fail) -> None:
+        """One positive weight per source."""
+        if not self.sources:
+            fail("sources", "empty (expected a list of sources)")
+        if len(self.weights) != len(self.sources):
+            fail("weights", f"{len(self.weights)} weights for {len(self.sources)} sources (expected one per source)")
+        if any(w <= 0 for w in self.weights):
+            fail("weights", "expected positive numbers")
+
+    def open(self, ctx: SourceContext) -> Any:
+        """Open every part with its share of the batch."""
+        if ctx.labelled:
+            raise ValueError("a mix has no single label space: teachers train on one labelled source")
+        return MixedBatches(self, ctx)
+
+    def describe(self, ctx: SourceContext) -> str:
+        """Each part with its weight."""
+        return " + ".join(f"{w:g}×{s.describe(ctx)}" for s, w in zip(self.sources, self.weights, strict=True))
+
+
+class LabelledWorldBatches(StatelessSource):
+    """Labelled procedural faces of a fixed identity set (teacher training)."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+        self.ids = identity_set(ctx.world, ctx.split, per_group=ctx.identities_per_group, seed=ctx.seed)
+        self.num_classes = len(self.ids.keys)
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Images, identity labels and groups of one step."""
+        pixels, labels, groups = labelled_batch(self.ctx.world, self.ids, self.ctx.batch_size, step, self.ctx.seed)
+        return {"pixels": pixels, "labels": labels, "groups": groups}
+
+
+class UnlabelledWorldBatches(StatelessSource):
+    """Fresh procedural identities every step, balanced over groups (label-free distillation)."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Images and groups of one step."""
+        batch = unlabelled_batch(self.ctx.world, self.ctx.batch_size, step, self.ctx.seed, split=self.ctx.split)
+        return {"pixels": batch["images"], "groups": batch["group"]}
+
+
+class GeneratorBatches(StatelessSource):
+    """Faces from a generator with the world's interface (``sample_z``, ``mapping``, ``synthesis``)."""
+
+    def __init__(self, generator: Any, ctx: SourceContext) -> None:
+        if generator.resolution != ctx.size:
+            raise ValueError(f"the generator gives {generator.resolution}px faces, the model takes {ctx.size}px")
+        self.generator, self.ctx = generator, ctx
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Images rendered from fresh latents."""
+        gen = make_generator("generator", self.ctx.seed, self.ctx.split, step)
+        z = self.generator.sample_z(self.ctx.batch_size, gen)
+        return {"pixels": self.generator.synthesis(self.generator.mapping(z), gen)}
+
+
+class FileBatches(StatelessSource):
+    """Deterministic random batches of files, labelled (teacher) or not (distillation)."""
+
+    def __init__(self, path: str | os.PathLike[str], ctx: SourceContext) -> None:
+        self.ctx = ctx
+        if ctx.labelled:
+            self.dataset: torch.utils.data.Dataset = open_labelled(path, size=ctx.size)
+            self.num_classes = identity_count(self.dataset)
+        else:
+            self.dataset = UnlabelledImages(path, size=ctx.size)
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Images (and labels) of one step."""
+        items = file_batch(self.dataset, self.ctx.batch_size, step, self.ctx.seed)
+        if not self.ctx.labelled:
+            return {"pixels": torch.stack(items)}
+        return {"pixels": torch.stack([i[0] for i in items]), "labels": torch.tensor([i[1] for i in items])}
+
+
+class MixedBatches:
+    """Each part fills its share of the batch; feedback is routed back to the part a sample came from."""
+
+    def __init__(self, cfg: MixSourceConfig, ctx: SourceContext) -> None:
+        self.sizes = _shares(ctx.batch_size, cfg.weights)
+        self.parts = [
+            source.open(dataclasses.replace(ctx, batch_size=n, split=f"{ctx.split}-mix{i}"))
+            for i, (source, n) in enumerate(zip(cfg.sources, self.sizes, strict=True))
+            if n > 0
+        ]
+        self.sizes = [n for n in self.sizes if n > 0]
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """The parts' batches, concatenated in order (groups only when every part has them)."""
+        batches = [part.batch(step) for part in self.parts]
+        out = {"pixels": torch.cat([b["pixels"] for b in batches])}
+        if all("groups" in b for b in batches):
+            out["groups"] = torch.cat([b["groups"] for b in batches])
+        return out
+
+    def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """Each part gets the slice of the per-sample values that belongs to its images."""
+        start = 0
+        for part, n in zip(self.parts, self.sizes, strict=True):
+            piece = {k: v[start : start + n] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            part.feedback(step, piece, {k: v[start : start + n] for k, v in per_sample.items()})
+            start += n
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every part's state, by position."""
+        return {str(i): part.state_dict() for i, part in enumerate(self.parts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every part."""
+        for i, part in enumerate(self.parts):
+            part.load_state_dict(state.get(str(i), {}))
+
+
+def _shares(total: int, weights: list[float]) -> list[int]:
+    """``total`` split by ``weights`` with the largest-remainder rule (sums to ``total`` exactly)."""
+    exact = [total * w / sum(weights) for w in weights]
+    sizes = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: sizes[i] - exact[i])[: total - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
 
 LabelledDataset = LabelledImageDataset | RecordIODataset
 

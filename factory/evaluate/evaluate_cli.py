@@ -87,6 +87,6 @@ def evaluate_and_plot(
 
 def embed_benchmark(runner: Any, bench: PairBenchmark, flip: bool, batch_size: int, progress: bool) -> np.ndarray:
     """Unit embeddings of every benchmark image through ``runner`` (its own contract preprocesses)."""
-    from factory.export.runtimes import embed_uint8
+    from factory.runtime.runners import embed_uint8
 
     return embed_images(embed_uint8(runner), bench.images, batch_size, flip, "embed" if progress else None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory.evaluate.validate import artifact_order
+from factory.evaluate.tables import artifact_order
 
 
 def build_ledger(validation: dict[str, Any], target: str = "1e-03") -> list[dict[str, Any]]:

@@ -29,12 +29,10 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from factory.files import write_bytes
-from factory.models.contract import MissingContractError, ModelContract
+from factory.runtime.contract import CONTRACT_KEY, MODEL_NAME_KEY, MissingContractError, ModelContract
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
-CONTRACT_KEY = "factory.contract"
-MODEL_NAME_KEY = "factory.model_name"
 _REWRITE_TAG = "prelu_rewrite"
 
 

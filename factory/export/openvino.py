@@ -4,7 +4,7 @@ PReLU rewritten for ONNX Runtime (:func:`factory.export.onnx.rewrite_prelu_for_o
 OpenVINO fuses PReLU into the preceding convolution, which is faster than the rewritten form.
 
 Weights stay FP32 in the IR (``compress_to_fp16=False``) so the FP32 artifact is a faithful baseline for the INT8 one;
-the precision used at run time is a separate choice made by the runner (:mod:`factory.export.runtimes`).
+the precision used at run time is a separate choice made by the runner (:mod:`factory.runtime.runners`).
 OpenVINO is imported inside the functions so ``import factory`` stays light.
 """
 
@@ -16,13 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.models.contract import MissingContractError, ModelContract
+from factory.runtime.contract import RT_INFO_MODEL_NAME, ModelContract, get_contract, set_contract
 
 if TYPE_CHECKING:
     import openvino as ov
-
-RT_INFO_CONTRACT = ["factory", "contract"]
-RT_INFO_MODEL_NAME = ["factory", "model_name"]
 
 
 def convert_to_openvino(
@@ -73,21 +70,6 @@ def read_openvino_contract(xml_path: str | os.PathLike[str]) -> ModelContract:
 
     xml_path = _existing_xml(xml_path)
     return get_contract(ov.Core().read_model(str(xml_path)), xml_path)
-
-
-def set_contract(model: ov.Model, contract: ModelContract) -> None:
-    """Store ``contract`` in ``model``'s ``rt_info`` (``factory/contract``)."""
-    model.set_rt_info(contract.to_json(), RT_INFO_CONTRACT)
-
-
-def get_contract(model: ov.Model, source: str | os.PathLike[str] = "model") -> ModelContract:
-    """Read the contract from ``model``'s ``rt_info``; ``source`` names the file in the error."""
-    if not model.has_rt_info(RT_INFO_CONTRACT):
-        raise MissingContractError(
-            f"{source} has no rt_info {'/'.join(RT_INFO_CONTRACT)}, so its input contract is unknown: "
-            "convert it with factory.export.openvino.convert_to_openvino (or pass the contract explicitly)"
-        )
-    return ModelContract.from_json(model.get_rt_info(RT_INFO_CONTRACT).astype(str))
 
 
 def save_ir_atomically(model: ov.Model, xml_path: str | os.PathLike[str]) -> Path:

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from factory.data.preprocess import to_model_input_numpy
-from factory.models.contract import ModelContract
+from factory.runtime.contract import ModelContract
+from factory.runtime.preprocess import to_model_input_numpy
 
 
 @dataclass(frozen=True)

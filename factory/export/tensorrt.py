@@ -1,27 +1,21 @@
-"""TensorRT engines from the factory's ONNX files, built on the target GPU (TensorRT ≥ 10).
+"""Building TensorRT engines from the factory's ONNX files, on the target GPU (TensorRT ≥ 10).
 
 Engines are tied to the GPU, TensorRT version and OS that built them, so the factory ships ONNX and this module runs
 on the target. INT8 is explicit quantization only: the ONNX must already hold QuantizeLinear/DequantizeLinear pairs
 and the network is built strongly typed, so TensorRT honours the Q/DQ placement (implicit INT8 calibrators are
 deprecated since 10.1 and precision flags are removed in 11). The contract cannot live inside an engine (a header
-breaks loaders), so it is written to a sidecar ``<engine>.json``. ``tensorrt`` is imported inside the functions.
+breaks loaders), so it is written to a sidecar ``<engine>.json``. Running engines is
+:mod:`factory.runtime.tensorrt`. ``tensorrt`` is imported inside the functions.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from factory.files import write_bytes, write_json
-from factory.models.contract import ModelContract
-
-INSTALL_HINT = (
-    "TensorRT is not installed: pip install 'factory[tensorrt]' on the target (engines are built on the target GPU)"
-)
+from factory.runtime.contract import engine_sidecar
+from factory.runtime.tensorrt import _import_tensorrt
 
 
 def build_engine(
@@ -36,7 +30,8 @@ def build_engine(
 
     Args:
         onnx_path: ONNX from :func:`factory.export.onnx.export_onnx` (FP32), or an explicit Q/DQ ONNX for INT8.
-        engine_path: the engine file to write; its contract goes to ``engine_path.with_suffix(".json")``.
+        engine_path: the engine file to write; its contract goes to ``engine_path.with_suffix(".json")``
+            (read back by :func:`factory.runtime.contract.read_engine_sidecar`).
         int8: build from Q/DQ (explicit quantization, strongly typed network); the ONNX must contain Q/DQ nodes.
         workspace_mb: builder workspace memory pool limit.
         max_batch: largest batch the optimisation profile accepts.
@@ -88,77 +83,7 @@ def build_engine(
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     engine_path = write_bytes(engine_path, bytes(serialized))
     write_json(
-        engine_path.with_suffix(".json"),
+        engine_sidecar(engine_path),
         {"contract": contract.to_dict(), "int8": int8, "onnx": onnx_path.name, "tensorrt": trt.__version__},
     )
     return engine_path
-
-
-class TensorRTRunner:
-    """Runs a serialized engine on the current CUDA device; input/output buffers are torch CUDA tensors."""
-
-    kind = "tensorrt"
-
-    def __init__(self, engine_path: str | os.PathLike[str], contract: ModelContract | None = None) -> None:
-        trt = _import_tensorrt()
-        import torch
-
-        self.path = Path(engine_path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such file; expected a serialized TensorRT engine here")
-        if contract is None:
-            sidecar = self.path.with_suffix(".json")
-            if not sidecar.is_file():
-                raise FileNotFoundError(
-                    f"{sidecar}: the engine's contract sidecar is missing; rebuild with "
-                    "factory.export.tensorrt.build_engine or pass contract= to tensorrt_runner"
-                )
-            contract = ModelContract.from_dict(json.loads(sidecar.read_text())["contract"])
-        self.contract = contract
-        self._torch = torch
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{self.path} could not be deserialised (built for another GPU or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self._input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self._output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Embed one batch of normalised input."""
-        from factory.export.runtimes import check_model_input
-
-        torch = self._torch
-        x = check_model_input(x, self.contract, self.kind)
-        inputs = torch.from_numpy(x).cuda()
-        self.context.set_input_shape(self._input, tuple(inputs.shape))
-        output = torch.empty(tuple(self.context.get_tensor_shape(self._output)), dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(self._input, inputs.data_ptr())
-        self.context.set_tensor_address(self._output, output.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution of {self.path} failed")
-        stream.synchronize()
-        return output.cpu().numpy()
-
-
-def tensorrt_runner(engine_path: str | os.PathLike[str], contract: ModelContract | None = None) -> Any:
-    """Runner (:class:`factory.export.runtimes.Runner`) over a serialized engine; contract from its sidecar."""
-    return TensorRTRunner(engine_path, contract=contract)
-
-
-def tensorrt_available() -> bool:
-    """Whether the ``tensorrt`` package can be imported here."""
-    try:
-        _import_tensorrt()
-    except ImportError:
-        return False
-    return True
-
-
-def _import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
-    return tensorrt

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from factory.files import atomic_path
-from factory.models.contract import ModelContract
+from factory.runtime.contract import ModelContract
 
 FORMAT = "factory.model/1"
 

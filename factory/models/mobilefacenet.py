@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from factory.models.zoo import register_model
+from factory.models.catalog import register_model
 
 
 class ConvBlock(nn.Module):

@@ -7,34 +7,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from factory.models.contract import ModelContract
-from factory.registry import Registry
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-_CONTRACTS: dict[str, ModelContract] = {}
-
-
-def register_model(name: str, contract: ModelContract | None = None) -> Callable[[Callable[..., nn.Module]], Any]:
-    """Register a builder ``(**overrides) -> nn.Module`` under ``name`` with the contract its models carry."""
-
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS.register(name)(builder)
-        _CONTRACTS[name] = contract or ModelContract()
-        return builder
-
-    return add
+from factory.models.catalog import CONTRACTS, MODELS, register_model
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; unknown names raise :class:`~factory.registry.UnknownNameError` with close matches."""
     model = MODELS.get(name)(**overrides)
-    model.contract = _CONTRACTS[name]
+    model.contract = CONTRACTS[name]
     model.model_name = name
     model.model_overrides = dict(overrides)
     return model
@@ -84,5 +68,7 @@ def model_info(name: str) -> dict[str, Any]:
     }
 
 
-# Registration happens on import of the families below.
+# The families register themselves into the catalog when imported: importing the zoo makes every model available.
 from factory.models import iresnet, mobilefacenet, tinyfar  # noqa: E402, F401
+
+__all__ = ["MODELS", "count_flops", "count_params", "create_model", "list_models", "model_info", "register_model"]

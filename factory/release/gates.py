@@ -1,12 +1,21 @@
-"""Release gates: every limit in the recipe checked against the validate stage's measurements, as one table."""
+"""Release gates: every limit in the recipe checked against the validate stage's measurements, as one table.
+
+Each gate is registered under its ``gates.*`` recipe key and is a rule over artifacts: which artifacts it applies to
+(from their records: reference, shipped, precision, derived_from) and what value it checks. A new artifact kind is
+gated without any edit here, because the rules read the records, not names.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from factory.evaluate.validate import EXPORTED, FP32, INT8, REFERENCE, artifact_order
+from factory.evaluate.tables import artifact_order
 from factory.recipe import GatesConfig
+from factory.registry import Registry
+from factory.runtime.artifacts import Artifact
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,35 @@ class GateResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Gate:
+    """A rule: the artifacts it applies to, and the value it compares with the recipe's limit."""
+
+    label: str
+    comparison: str
+    applies: Callable[[Artifact], bool]
+    # (the artifact's validation entry, its parent's entry or None) -> value; None when it cannot be measured
+    value: Callable[[dict[str, Any], dict[str, Any] | None], float | None]
+    needs_parent: bool = False  # compares an artifact with the one it derives from
+
+
+GATES: Registry[Gate] = Registry("gate")
+
+
+def _mean(entry: dict[str, Any]) -> float:
+    return entry["evaluation"]["fairness"]["mean"]
+
+
+GATES.register("min_accuracy")(Gate("mean accuracy", ">=", lambda a: True, lambda e, p: _mean(e)))
+GATES.register("max_std")(Gate("accuracy STD", "<=", lambda a: True, lambda e, p: e["evaluation"]["fairness"]["std"]))
+GATES.register("max_int8_drop")(
+    Gate("INT8 drop vs FP32", "<=", lambda a: a.precision == "int8", lambda e, p: _mean(p) - _mean(e), True)
+)
+GATES.register("max_latency_ms")(
+    Gate("latency ms (b1)", "<=", lambda a: a.shipped, lambda e, p: e["latency"]["median_ms"])
+)
+
+
 def _row(artifact: str, gate: str, value: float | None, limit: float, comparison: str) -> GateResult:
     if value is None:  # not measurable (the STD of a one-group benchmark): a gate that cannot be checked fails
         return GateResult(artifact, gate + " (n/a)", float("nan"), float(limit), comparison, False)
@@ -32,21 +70,28 @@ def _row(artifact: str, gate: str, value: float | None, limit: float, comparison
     return GateResult(artifact, gate, float(value), float(limit), comparison, bool(passed))
 
 
-def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any]) -> list[GateResult]:
-    """Check every configured gate on every artifact it applies to (the teacher is a reference, never gated)."""
-    artifacts = {k: metrics["artifacts"][k] for k in artifact_order(metrics) if k != REFERENCE}
+def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any], artifacts: list[Artifact]) -> list[GateResult]:
+    """Check every configured gate on every artifact it applies to (reference artifacts are never gated).
+
+    Rows come per artifact in build order, gates in the recipe's order; gates against a parent come last.
+    """
+    records = {a.name: a for a in artifacts}
+    names = [n for n in artifact_order(metrics) if n in records and not records[n].reference]
+    configured = [(f.name, getattr(gates, f.name)) for f in dataclasses.fields(gates)]
+    configured = [(GATES.get(key), limit) for key, limit in configured if limit is not None]
     rows: list[GateResult] = []
-    for name, entry in artifacts.items():
-        fairness = entry["evaluation"]["fairness"]
-        if gates.min_accuracy is not None:
-            rows.append(_row(name, "mean accuracy", fairness["mean"], gates.min_accuracy, ">="))
-        if gates.max_std is not None:
-            rows.append(_row(name, "accuracy STD", fairness["std"], gates.max_std, "<="))
-        if gates.max_latency_ms is not None and name in EXPORTED:
-            rows.append(_row(name, "latency ms (b1)", entry["latency"]["median_ms"], gates.max_latency_ms, "<="))
-    if gates.max_int8_drop is not None:
-        drop = artifacts[FP32]["evaluation"]["fairness"]["mean"] - artifacts[INT8]["evaluation"]["fairness"]["mean"]
-        rows.append(_row(INT8, "INT8 drop vs FP32", drop, gates.max_int8_drop, "<="))
+    for pairwise in (False, True):
+        for name in names:
+            for gate, limit in configured:
+                if gate.needs_parent != pairwise or not gate.applies(records[name]):
+                    continue
+                parent = records[name].derived_from
+                parent_entry = metrics["artifacts"].get(parent) if parent else None
+                if gate.needs_parent and parent_entry is None:
+                    rows.append(_row(name, gate.label, None, limit, gate.comparison))
+                    continue
+                value = gate.value(metrics["artifacts"][name], parent_entry)
+                rows.append(_row(name, gate.label, value, limit, gate.comparison))
     return rows
 
 

@@ -1,47 +1,30 @@
 """The one training loop. What is trained and how the loss is computed lives in small task objects.
 
-A task is a callable ``task(model, batch) -> TaskOutput`` (plus ``task.parameters()`` for anything it trains, such
-as a margin head). Batches come from ``batches(step)``, a deterministic function of the step, so that a run resumed
-from a checkpoint at step k sees exactly the batches an uninterrupted run would have seen.
+``fit`` pulls the batch of each step from a source (:class:`~factory.data.sources.Source`), runs the task on it, steps
+the optimiser and hands the task's per-sample output back to the source (its feedback hook). Batches are a
+deterministic function of the step and of the source's saved state, so a run resumed from a checkpoint at step k
+sees exactly the batches an uninterrupted run would have seen; the checkpoint holds the model, the task's and the
+source's state, the optimiser and the schedule.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
+from factory.data.sources import Source
 from factory.files import atomic_path
 from factory.recipe import TrainConfig
 from factory.train.optim import build_optimizer, build_scheduler
+from factory.train.task import Task
 
 RESUME_FILE = "resume.pt"
-
-
-@dataclass
-class TaskOutput:
-    """What a task returns for one batch: the loss to minimise and named scalar terms to log."""
-
-    loss: torch.Tensor
-    terms: dict[str, float] = field(default_factory=dict)
-
-
-class Task(Protocol):
-    """Computes the loss of ``model`` on one batch."""
-
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
-        """Loss and logged values of ``model`` on ``batch``."""
-        ...
-
-    def parameters(self) -> list[nn.Parameter]:
-        """The task's own trainable parameters (a margin head's weights), optimised with the model's."""
-        ...
 
 
 @dataclass
@@ -63,42 +46,47 @@ class NonFiniteLoss(RuntimeError):
 def fit(
     model: nn.Module,
     task: Task,
-    batches: Callable[[int], dict[str, Any]],
+    source: Source,
     cfg: TrainConfig,
     work_dir: Path,
     label: str = "train",
     progress: bool = True,
     log_every: int = 50,
+    device: str | torch.device = "cpu",
 ) -> FitResult:
     """Train ``model`` for ``cfg.steps`` steps, checkpointing to ``work_dir/resume.pt`` and resuming from it.
 
     Args:
-        model: the network being trained (moved to channels_last when ``cfg.channels_last``).
+        model: the network being trained (moved to ``device``, and to channels_last when ``cfg.channels_last``).
         task: loss computation; its own parameters (e.g. a margin head) are trained too.
-        batches: ``batches(step)`` returns the batch for that step, with at least ``"pixels"`` (uint8 N×3×H×W).
+        source: ``source.batch(step)`` gives the batch of that step, with at least ``"pixels"`` (uint8 N×3×H×W).
         cfg: steps, batch size, optimiser, schedule and checkpoint cadence.
         work_dir: where the resumable checkpoint lives.
         label: name on the progress bar.
         progress: show a progress bar.
         log_every: how often to record loss terms into the history.
+        device: where the model, the task and each batch's tensors go.
 
     Returns:
         Steps run, where it resumed, throughput and the loss history.
     """
     from tqdm import tqdm
 
+    device = torch.device(device)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    task.prepare(device)
     params = list(model.parameters()) + list(task.parameters())
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     resume = work_dir / RESUME_FILE
     start, history = 0, []
     if resume.is_file():
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+        state = torch.load(resume, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        for p, saved in zip(task.parameters(), state["task"], strict=True):
-            p.data.copy_(saved)
+        task.load_state_dict(state["task"])
+        source.load_state_dict(state["source"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = int(state["step"]), list(state["history"])
@@ -106,7 +94,7 @@ def fit(
     seen, t0, terms = 0, time.perf_counter(), {}
     bar = tqdm(total=cfg.steps, initial=start, desc=label, disable=not progress, unit="step", dynamic_ncols=True)
     for step in range(start, cfg.steps):
-        batch = batches(step)
+        batch = _to_device(source.batch(step), device)
         out = task(model, batch)
         if not math.isfinite(out.loss.item()):
             raise NonFiniteLoss(f"{label}: loss is {out.loss.item()} at step {step}; lower the lr in the recipe")
@@ -114,6 +102,7 @@ def fit(
         out.loss.backward()
         optimizer.step()
         scheduler.step()
+        source.feedback(step, batch, out.per_sample)
         seen += batch["pixels"].shape[0]
         terms = {"loss": out.loss.item(), **out.terms}
         if step % log_every == 0 or step == cfg.steps - 1:
@@ -122,7 +111,17 @@ def fit(
         bar.update(1)
         done = step + 1
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            _save_resume(resume, model, task, optimizer, scheduler, done, history)
+            state = {
+                "model": model.state_dict(),
+                "task": task.state_dict(),
+                "source": source.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": done,
+                "history": history,
+            }
+            with atomic_path(resume) as tmp:
+                torch.save(state, tmp)
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
@@ -136,25 +135,8 @@ def fit(
     )
 
 
-def _save_resume(
-    path: Path,
-    model: nn.Module,
-    task: Task,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    step: int,
-    history: list[dict[str, float]],
-) -> None:
-    state = {
-        "model": model.state_dict(),
-        "task": [p.detach().clone() for p in task.parameters()],
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def clear_resume(work_dir: Path) -> None:

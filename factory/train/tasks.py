@@ -1,7 +1,8 @@
-"""Training tasks for the shared loop: each turns (model, batch) into a loss and named terms."""
+"""Training tasks for the shared loop, registered by name: each turns (model, batch) into a loss and named terms."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -9,7 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from factory.data.preprocess import to_model_input
-from factory.train.loop import TaskOutput
+from factory.registry import Registry
+from factory.train.task import ModuleTask, Task, TaskOutput
+
+TASKS: Registry[Callable[..., Task]] = Registry("task")
 
 
 def model_input(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -17,15 +21,15 @@ def model_input(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return to_model_input(pixels, model.contract).contiguous(memory_format=torch.channels_last)
 
 
-class MarginClassificationTask:
+@TASKS.register("margin_classification")
+class MarginClassificationTask(ModuleTask):
     """Identity classification through a margin head (ArcFace/CosFace): how teachers are trained."""
+
+    trainable = ("head",)
 
     def __init__(self, head: nn.Module) -> None:
         self.head = head
-
-    def parameters(self) -> list[nn.Parameter]:
-        """The head's class centres are trained with the backbone."""
-        return list(self.head.parameters())
+        self.modules = {"head": head}
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
         """Cross-entropy over margin logits."""

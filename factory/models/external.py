@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from factory.models.checkpoint import FORMAT, load_model, load_state_dict_strict, read_checkpoint
-from factory.models.contract import MissingContractError, ModelContract
+from factory.runtime.contract import MissingContractError, ModelContract
+from factory.runtime.runners import RUNTIMES, SUFFIX_RUNTIMES, load_runner, torch_runner
 
 Normalization = Literal["arcface", "legacy128"]
 # insightface's current arcface_torch feeds (x - 127.5) / 127.5; older MXNet ports and "nizhib" checkpoints / 128.
@@ -168,8 +169,6 @@ def load_any_model(
 
     ``normalization`` declares the input convention (``legacy128`` for older insightface ports).
     """
-    from factory.export.runtimes import SUFFIX_RUNTIMES, load_runner
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
@@ -202,12 +201,10 @@ def model_runner(
     normalization: Normalization | None = None,
     threads: int = 1,
 ) -> Any:
-    """A :class:`~factory.export.runtimes.Runner` for a zoo model (``model`` [+ ``weights``]) or an ``artifact``.
+    """A :class:`~factory.runtime.runners.Runner` for a zoo model (``model`` [+ ``weights``]) or an ``artifact``.
 
     Exactly one of ``model`` and ``artifact`` must be given; black-box artifacts keep their own runtime.
     """
-    from factory.export.runtimes import torch_runner
-
     if (model is None) == (artifact is None):
         raise ValueError("give exactly one of a model name (with optional weights) or an artifact file")
     if artifact is not None:
@@ -215,3 +212,27 @@ def model_runner(
     else:
         module = load_backbone(model, weights, normalization=normalization)
     return module.runner if isinstance(module, RunnerModule) else torch_runner(module.eval(), threads=threads)
+
+
+@RUNTIMES.register("torch")
+def torch_file_runner(
+    path: str | os.PathLike[str], threads: int = 1, contract: ModelContract | None = None, **options: Any
+) -> Any:
+    """The ``torch`` runtime: any model file :func:`load_any_model` reads, run as a torch module.
+
+    Registered here rather than in :mod:`factory.runtime` because reading checkpoints needs the model zoo; the
+    torch-free runtime layer only knows the name.
+    """
+    if options:
+        raise TypeError(f"the torch runtime takes no options, got {sorted(options)}")
+    return torch_runner(load_any_model(path, contract=contract, threads=threads).eval(), threads=threads)
+
+
+def load_teacher(built: Any) -> nn.Module:
+    """A teacher artifact (a :class:`~factory.pipeline.stage.BuiltArtifact`) as a frozen-ready module.
+
+    A factory checkpoint is rebuilt; a black-box file is wrapped with the contract its artifact record declares.
+    """
+    artifact = built.artifact
+    contract = ModelContract.from_dict(artifact.contract) if artifact.contract else None
+    return load_any_model(built.path, contract=contract)

@@ -2,8 +2,12 @@
 
 A :class:`Runner` takes normalised float32 ``N×3×H×W`` input and returns float32 ``N×D`` embeddings, and carries the
 model contract it was built with, so evaluation, parity checks and benchmarks never care which runtime is behind it.
-Runtimes are registered in :data:`RUNTIMES` (family ``runtime``); heavy runtime packages are imported when a runner
-is built, never at import time.
+
+File runtimes are registered in :data:`RUNTIMES` (family ``runtime``). Every registered factory is called as
+``factory(path, threads=1, contract=None, **options)``: ``contract`` overrides the one stored in the file, and
+``options`` are that runtime's own keywords (e.g. ``precision`` for OpenVINO; an unknown one is a ``TypeError``).
+Runtime packages are imported when a runner is built, never at import time. ``"torch"`` is not registered here
+(this layer is torch-free); :func:`torch_runner` wraps an in-memory module for the build side.
 """
 
 from __future__ import annotations
@@ -15,8 +19,24 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from factory.models.contract import MissingContractError, ModelContract
 from factory.registry import Registry
+from factory.runtime.contract import CONTRACT_KEY, MissingContractError, ModelContract, get_contract
+from factory.runtime.preprocess import check_model_input, to_model_input_numpy
+
+__all__ = [
+    "RUNTIMES",
+    "SUFFIX_RUNTIMES",
+    "OnnxRunner",
+    "OpenVINORunner",
+    "Runner",
+    "TorchRunner",
+    "check_model_input",
+    "embed_uint8",
+    "load_runner",
+    "onnx_runner",
+    "openvino_runner",
+    "torch_runner",
+]
 
 
 @runtime_checkable
@@ -32,21 +52,6 @@ class Runner(Protocol):
 
 
 RUNTIMES: Registry[Callable[..., Runner]] = Registry("runtime")
-
-
-def check_model_input(x: np.ndarray, contract: ModelContract, kind: str) -> np.ndarray:
-    """Validate a runner's input and return it as a C-contiguous float32 array; wrong input raises precisely."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{kind} runner expects a numpy array, got {type(x).__name__}")
-    if x.dtype == np.uint8:
-        raise TypeError(
-            f"{kind} runner got uint8 images; it takes normalised float32 input: wrap it with "
-            "factory.export.runtimes.embed_uint8(runner) to feed raw images"
-        )
-    expected = (3, *contract.input_size)
-    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-        raise ValueError(f"{kind} runner expects input N×{'×'.join(map(str, expected))}, got {tuple(x.shape)}")
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class TorchRunner:
@@ -87,8 +92,6 @@ class OnnxRunner:
     def __init__(self, path: str | os.PathLike[str], threads: int = 1, contract: ModelContract | None = None) -> None:
         import onnxruntime as ort
 
-        from factory.export.onnx import CONTRACT_KEY
-
         self.path = _existing(path, "an ONNX model (.onnx)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -122,13 +125,11 @@ class OpenVINORunner:
         self,
         xml_path: str | os.PathLike[str],
         threads: int = 1,
+        contract: ModelContract | None = None,
         precision: str = "f32",
         device: str = "CPU",
-        contract: ModelContract | None = None,
     ) -> None:
         import openvino as ov
-
-        from factory.export.openvino import get_contract
 
         self.path = _existing(xml_path, "an OpenVINO IR (.xml with its .bin)")
         core = ov.Core()
@@ -155,15 +156,35 @@ class OpenVINORunner:
         return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
 
 
-@RUNTIMES.register("torch")
 def torch_runner(model: Any, threads: int = 1) -> Runner:
-    """Runner over a torch module with a ``.contract`` (put in eval mode)."""
+    """Runner over an in-memory torch module with a ``.contract`` (put in eval mode).
+
+    Not a registered runtime: it takes a module, not a file.
+
+    Args:
+        model: an ``nn.Module`` with a :class:`ModelContract` as ``.contract``.
+        threads: torch intra-op threads, set for each call only.
+
+    Returns:
+        A :class:`TorchRunner`.
+
+    """
     return TorchRunner(model, threads=threads)
 
 
 @RUNTIMES.register("onnxruntime")
 def onnx_runner(path: str | os.PathLike[str], threads: int = 1, contract: ModelContract | None = None) -> Runner:
-    """Runner over an ONNX file on ONNX Runtime's CPU provider; the contract comes from the file's metadata."""
+    """Runner over an ONNX file on ONNX Runtime's CPU provider.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads.
+        contract: overrides the contract stored in the file's metadata (needed for foreign files).
+
+    Returns:
+        An :class:`OnnxRunner`.
+
+    """
     return OnnxRunner(path, threads=threads, contract=contract)
 
 
@@ -171,30 +192,36 @@ def onnx_runner(path: str | os.PathLike[str], threads: int = 1, contract: ModelC
 def openvino_runner(
     xml_path: str | os.PathLike[str],
     threads: int = 1,
+    contract: ModelContract | None = None,
     precision: str = "f32",
     device: str = "CPU",
-    contract: ModelContract | None = None,
 ) -> Runner:
     """Runner over an OpenVINO IR.
 
     Args:
         xml_path: the IR's ``.xml``.
         threads: ``INFERENCE_NUM_THREADS``.
+        contract: overrides the contract stored in the IR's ``rt_info``.
         precision: ``INFERENCE_PRECISION_HINT``: ``"f32"`` (default, true FP32), ``"bf16"``, ``"f16"``, or
             ``"default"`` to leave the plugin's choice (bf16 on AMX CPUs).
         device: OpenVINO device name.
-        contract: overrides the contract stored in the IR's ``rt_info``.
+
+    Returns:
+        An :class:`OpenVINORunner`.
 
     """
-    return OpenVINORunner(xml_path, threads=threads, precision=precision, device=device, contract=contract)
+    return OpenVINORunner(xml_path, threads=threads, contract=contract, precision=precision, device=device)
 
 
 @RUNTIMES.register("tensorrt")
-def _tensorrt_runner(engine_path: str | os.PathLike[str], threads: int = 1, **kwargs: Any) -> Runner:
-    from factory.export.tensorrt import tensorrt_runner
+def _tensorrt_runner(
+    engine_path: str | os.PathLike[str], threads: int = 1, contract: ModelContract | None = None
+) -> Runner:
+    # Imported here so neither TensorRT nor torch (its buffers) is loaded unless an engine is run.
+    from factory.runtime.tensorrt import tensorrt_runner
 
     del threads  # a GPU engine has no CPU thread setting; accepted so every runtime takes the same arguments
-    return tensorrt_runner(engine_path, **kwargs)
+    return tensorrt_runner(engine_path, contract=contract)
 
 
 # suffix -> (runtime, what a file with that suffix must be; used in the missing-file message)
@@ -209,7 +236,14 @@ SUFFIX_RUNTIMES = {
 def load_runner(path: str | os.PathLike[str], threads: int = 1, **kwargs: Any) -> Runner:
     """Runner for an artifact file, chosen by its suffix (``.onnx``, ``.xml``, ``.engine``/``.plan``).
 
-    Extra keyword arguments go to the runtime's factory (e.g. ``precision="default"`` for OpenVINO).
+    Args:
+        path: the artifact file.
+        threads: CPU threads of the runtime.
+        **kwargs: go to the runtime's factory (``contract=``, or e.g. ``precision="default"`` for OpenVINO).
+
+    Returns:
+        The runtime's runner.
+
     """
     path = Path(path)
     if path.suffix not in SUFFIX_RUNTIMES:
@@ -223,7 +257,6 @@ def load_runner(path: str | os.PathLike[str], threads: int = 1, **kwargs: Any) -
 
 def embed_uint8(runner: Runner) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap ``runner`` to take uint8 RGB images ``N×3×H×W``, preprocessed by the runner's own contract."""
-    from factory.data.preprocess import to_model_input_numpy
 
     def embed(images: np.ndarray) -> np.ndarray:
         return runner(to_model_input_numpy(images, runner.contract))

@@ -1,12 +1,13 @@
-"""The built-in procedural face world: aligned 112×112 cartoon faces of several demographic groups, no real data.
+"""The procedural face renderer: identities of the taxonomy's groups as aligned 112×112 RGB cartoon faces.
 
-It offers the interface of a StyleGAN2-ADA generator, so everything written for one (SynthDistill's re-sampling in
-W included) runs on it:
+:class:`ProceduralFaceWorld` offers the interface of a StyleGAN2-ADA generator, so everything written for one
+(SynthDistill's re-sampling in W included) runs on it:
 
 - ``mapping(z, group) -> w``: an identity latent becomes the identity's attributes in renderer units (face shape,
   eyes, brows, nose, mouth, skin/hair/iris colour, hair style, marks, and the capture conditions the person is
-  photographed in). The group sets the mean and spread of every attribute (a YAML taxonomy, :func:`load_taxonomy`);
-  a fixed random orthonormal projection mixes ``z`` so no single ``z`` coordinate is one attribute.
+  photographed in). The group sets the mean and spread of every attribute (a YAML taxonomy,
+  :func:`~factory.data.world.taxonomy.load_taxonomy`); a fixed random orthonormal projection mixes ``z`` so no
+  single ``z`` coordinate is one attribute.
 - ``synthesis(w, generator) -> uint8 images``: renders the identity with nuisances drawn from ``generator``, like
   StyleGAN's per-layer noise: pose jitter, expression, lighting, colour cast, defocus, background and sensor noise.
 
@@ -14,79 +15,30 @@ Rendering is vectorised over the batch in the canonical (un-posed) frame, where 
 so a mask costs one broadcast op; colours are composited with one batched matmul; the pose is applied at the end
 with one ``grid_sample``. Defocus is rendered as per-image edge softness rather than a convolution (convolutions on
 CPU cost more than the whole face). Landmarks sit on the arcface 5-point template up to identity and pose jitter.
-
-Batches are pure functions of ``(seed, split, step)`` through :func:`stable_seed`, so training resumes exactly and
-different splits (teacher, distill, calibration, benchmark) never share an identity.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 
-from factory.models.contract import ARCFACE_TEMPLATE
+from factory.data.world.seeding import make_generator
+from factory.data.world.taxonomy import COLOURS, FEATURES, NUISANCES, GroupSpec, load_taxonomy
+from factory.runtime.contract import ARCFACE_TEMPLATE
 
-DEFAULT_TAXONOMY = Path(__file__).parent / "worlds" / "procedural.yaml"
+if TYPE_CHECKING:
+    from factory.recipe import WorldConfig
+
 RESOLUTION = 112
 Z_DIM = 64
-
-# Identity features: name -> (fallback mean, fallback std, lowest, highest). The fallback mean/std also define the
-# units of w (w = (value - mean) / std), so w is "typical identity deviations", whatever the taxonomy says.
-FEATURES: dict[str, tuple[float, float, float, float]] = {
-    "face_width": (37.0, 1.8, 30.0, 44.0),  # half-width of the face ellipse
-    "face_height": (49.0, 2.0, 42.0, 56.0),  # half-height
-    "face_centre_y": (58.0, 1.2, 54.0, 62.0),
-    "jaw": (0.30, 0.10, 0.0, 0.6),  # narrowing of the face towards the chin (fraction of the width)
-    "ear_size": (7.0, 1.0, 4.0, 10.0),
-    "eye_width": (5.6, 0.5, 4.0, 7.5),  # half-width of the eye opening
-    "eye_aspect": (0.50, 0.07, 0.25, 0.8),  # opening height / half-width
-    "eye_spacing": (0.0, 0.8, -2.5, 2.5),  # offset of each eye from the template, outwards
-    "eye_height": (0.0, 0.7, -2.0, 2.0),
-    "eye_tilt": (0.0, 0.07, -0.25, 0.25),  # slope, outer corner up
-    "iris_size": (0.58, 0.05, 0.4, 0.75),  # iris radius / eye half-width
-    "brow_height": (9.0, 1.2, 5.5, 13.0),  # above the eye centre
-    "brow_thickness": (2.3, 0.5, 1.0, 4.5),
-    "brow_length": (1.25, 0.15, 0.8, 1.7),  # half-length / eye half-width
-    "brow_arch": (1.5, 0.7, -0.5, 3.5),
-    "brow_tilt": (0.0, 0.08, -0.3, 0.3),
-    "nose_width": (5.5, 0.8, 3.5, 8.5),  # nostril half-spacing
-    "nose_length": (15.0, 2.0, 9.0, 21.0),  # bridge length above the tip
-    "nose_tip": (0.0, 1.0, -3.0, 3.0),
-    "nostril_size": (1.0, 0.15, 0.6, 1.5),
-    "mouth_width": (14.0, 1.3, 10.0, 18.0),  # half-width
-    "mouth_height": (0.0, 1.0, -3.0, 3.0),
-    "lip_upper": (2.2, 0.5, 0.8, 4.5),
-    "lip_lower": (3.0, 0.6, 1.0, 5.5),
-    "smile": (0.0, 0.7, -2.0, 2.0),  # resting mouth-corner lift
-    "lip_tint": (0.0, 1.0, -2.5, 2.5),  # redder (+) or browner (-) lips
-    "hairline": (24.0, 3.5, 8.0, 34.0),  # y of the front hairline at the centre; near the top = bald
-    "hair_volume": (5.0, 2.0, 0.0, 12.0),
-    "hair_length": (50.0, 14.0, 30.0, 112.0),  # y where side hair ends
-    "hair_droop": (8.0, 3.0, 0.0, 20.0),  # how far the hairline falls towards the temples
-    "fringe": (0.0, 1.0, -2.0, 2.0),  # wavy bangs (amplitude)
-    "parting": (0.0, 1.0, -2.5, 2.5),  # asymmetric hairline
-    "beard": (-1.2, 0.8, -3.0, 1.5),  # density = max(beard, 0)
-    "freckles": (-1.0, 0.8, -3.0, 1.5),  # density = max(freckles, 0)
-    "blush": (0.12, 0.06, 0.0, 0.4),
-    "mole_size": (-0.6, 1.0, -3.0, 2.0),  # radius = 1.2 * max(mole_size, 0)
-    "mole_x": (0.0, 14.0, -28.0, 28.0),
-    "mole_y": (78.0, 10.0, 60.0, 100.0),
-}
-COLOURS = ("skin", "hair", "iris")
 COLOUR_AXES = ("lightness", "warmth", "tint")
 # rgb = mean + lightness * (1, 1, 1) + warmth * (1, 0, -1) + tint * (-1/2, 1, -1/2)
 _COLOUR_BASIS = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [-0.5, 1.0, -0.5]])
 _COLOUR_UNIT = 30.0
-NUISANCES = ("pose", "expression", "lighting", "colour_cast", "blur", "background", "noise")
 _NUISANCE_UNIT = 0.5
 W_NAMES: tuple[str, ...] = (
     *FEATURES,
@@ -109,204 +61,6 @@ _NOSE_ROWS = (46, 86)
 _CHEEK_ROWS = (50, 90)
 _MOLE_ROWS = (50, 110)
 _MOUTH_ROWS = (72, 112)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Taxonomy
-# ------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ColourSpec:
-    """Distribution of one colour over a group's identities (0..255 RGB units)."""
-
-    mean_rgb: tuple[float, float, float]
-    lightness_std: float
-    warmth_std: float
-    tint_std: float
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """One demographic group of the procedural world: how its identities look, vary and are photographed.
-
-    Attributes:
-        name: neutral group name (used in benchmark files, keys and reports).
-        colours: skin/hair/iris colour distributions.
-        features: ``name -> (mean, std)`` per identity feature (see :data:`FEATURES`).
-        identity_spread: multiplies every identity standard deviation (< 1: identities look more alike).
-        nuisance: multipliers of the base nuisance strengths (see :data:`NUISANCES`).
-        nuisance_spread: per-identity standard deviation of those multipliers.
-    """
-
-    name: str
-    colours: Mapping[str, ColourSpec] = field(hash=False)
-    features: Mapping[str, tuple[float, float]] = field(hash=False)
-    identity_spread: float = 1.0
-    nuisance: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(NUISANCES, 1.0), hash=False)
-    nuisance_spread: float = 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form (for provenance records)."""
-        return {
-            "name": self.name,
-            "identity_spread": self.identity_spread,
-            "nuisance_spread": self.nuisance_spread,
-            "colours": {
-                k: {
-                    "mean_rgb": list(c.mean_rgb),
-                    "lightness_std": c.lightness_std,
-                    "warmth_std": c.warmth_std,
-                    "tint_std": c.tint_std,
-                }
-                for k, c in self.colours.items()
-            },
-            "features": {k: list(v) for k, v in self.features.items()},
-            "nuisance": dict(self.nuisance),
-        }
-
-
-class TaxonomyError(ValueError):
-    """A taxonomy file that cannot be used; the message names the file and the dotted key."""
-
-
-def _number(value: Any, where: str, path: Path, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TaxonomyError(f"{path}: {where}: expected a number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise TaxonomyError(f"{path}: {where}: must be >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def _mapping(value: Any, where: str, path: Path, allowed: tuple[str, ...] | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TaxonomyError(f"{path}: {where}: expected a mapping, got {type(value).__name__}")
-    if allowed is not None:
-        for key in value:
-            if key not in allowed:
-                raise TaxonomyError(f"{path}: {where}.{key}: unknown key (expected one of {', '.join(allowed)})")
-    return value
-
-
-_SECTION_KEYS = ("identity_spread", "nuisance_spread", "colours", "features", "nuisance")
-_COLOUR_KEYS = ("mean_rgb", "lightness_std", "warmth_std", "tint_std")
-
-
-def _merge_section(base: dict[str, Any], raw: Any, where: str, path: Path) -> dict[str, Any]:
-    """``base`` updated with one validated ``defaults`` or group block (group values win key by key)."""
-    raw = _mapping(raw, where, path, _SECTION_KEYS + (("name",) if where.startswith("groups") else ()))
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for key in ("identity_spread", "nuisance_spread"):
-        if key in raw:
-            out[key] = _number(raw[key], f"{where}.{key}", path, minimum=0.0)
-    colours = _mapping(raw.get("colours"), f"{where}.colours", path, COLOURS)
-    for name, spec in colours.items():
-        at = f"{where}.colours.{name}"
-        spec = _mapping(spec, at, path, _COLOUR_KEYS)
-        merged = dict(out["colours"].get(name, {}))
-        for key, value in spec.items():
-            if key == "mean_rgb":
-                if not isinstance(value, list) or len(value) != 3:
-                    raise TaxonomyError(f"{path}: {at}.mean_rgb: expected [r, g, b], got {value!r}")
-                merged[key] = tuple(_number(v, f"{at}.mean_rgb", path, minimum=0.0) for v in value)
-            else:
-                merged[key] = _number(value, f"{at}.{key}", path, minimum=0.0)
-        out["colours"][name] = merged
-    for name, value in _mapping(raw.get("features"), f"{where}.features", path, tuple(FEATURES)).items():
-        at = f"{where}.features.{name}"
-        if not isinstance(value, list) or len(value) != 2:
-            raise TaxonomyError(f"{path}: {at}: expected [mean, std], got {value!r}")
-        out["features"][name] = (_number(value[0], at, path), _number(value[1], at, path, minimum=0.0))
-    for name, value in _mapping(raw.get("nuisance"), f"{where}.nuisance", path, NUISANCES).items():
-        out["nuisance"][name] = _number(value, f"{where}.nuisance.{name}", path, minimum=0.0)
-    return out
-
-
-def load_taxonomy(path: str | Path | None = None) -> list[GroupSpec]:
-    """Read a group taxonomy (default: the built-in ``factory/data/worlds/procedural.yaml``).
-
-    The file has a ``defaults`` block and a ``groups`` list; each group overrides any subset of the defaults, and
-    any feature left out everywhere falls back to the renderer's own (:data:`FEATURES`).
-
-    Args:
-        path: YAML file; ``None`` for the built-in taxonomy.
-
-    Returns:
-        The groups, in file order (this order is the group index used everywhere).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        TaxonomyError: invalid YAML or an unknown/ill-typed key; the message names the file and the dotted key.
-    """
-    path = Path(path) if path is not None else DEFAULT_TAXONOMY
-    if not path.is_file():
-        raise FileNotFoundError(f"taxonomy file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise TaxonomyError(f"{path}: not valid YAML: {err}") from err
-    doc = _mapping(doc, "(top level)", path, ("defaults", "groups"))
-    base: dict[str, Any] = {
-        "identity_spread": 1.0,
-        "nuisance_spread": 0.1,
-        "colours": {},
-        "features": {k: (v[0], v[1]) for k, v in FEATURES.items()},
-        "nuisance": dict.fromkeys(NUISANCES, 1.0),
-    }
-    base = _merge_section(base, doc.get("defaults"), "defaults", path)
-    groups_raw = doc.get("groups")
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise TaxonomyError(f"{path}: groups: expected a non-empty list of groups")
-    groups: list[GroupSpec] = []
-    for i, raw in enumerate(groups_raw):
-        where = f"groups[{i}]"
-        name = raw.get("name") if isinstance(raw, dict) else None
-        if not isinstance(name, str) or not name.isidentifier():
-            raise TaxonomyError(f"{path}: {where}.name: expected an identifier-like string, got {name!r}")
-        if any(g.name == name for g in groups):
-            raise TaxonomyError(f"{path}: {where}.name: duplicate group name {name!r}")
-        merged = _merge_section(base, raw, where, path)
-        colours = {}
-        for colour in COLOURS:
-            spec = merged["colours"].get(colour, {})
-            missing = [k for k in _COLOUR_KEYS if k not in spec]
-            if missing:
-                raise TaxonomyError(f"{path}: {where}.colours.{colour}: missing {', '.join(missing)}")
-            colours[colour] = ColourSpec(**spec)
-        groups.append(
-            GroupSpec(
-                name=name,
-                colours=colours,
-                features=merged["features"],
-                identity_spread=merged["identity_spread"],
-                nuisance=merged["nuisance"],
-                nuisance_spread=merged["nuisance_spread"],
-            )
-        )
-    return groups
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Seeds
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from ``parts`` that is the same in every process (unlike ``hash()``, which is salted)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def make_generator(*parts: object) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with :func:`stable_seed` of ``parts``."""
-    return torch.Generator().manual_seed(stable_seed(*parts))
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# The world
-# ------------------------------------------------------------------------------------------------------------------
 
 
 def _ellipse_rows(v: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -681,85 +435,13 @@ class ProceduralFaceWorld:
         return image.mul_(shade.mul_(light).unsqueeze(1))
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Identity sets and batches
-# ------------------------------------------------------------------------------------------------------------------
+def make_world(cfg: WorldConfig) -> ProceduralFaceWorld:
+    """The procedural world a recipe describes.
 
-
-@dataclass
-class IdentitySet:
-    """A fixed set of identities of one split.
-
-    Attributes:
-        z: identity latents ``N×z_dim``.
-        group: group id per identity ``N``.
-        keys: ``"<split>/<group>/<index>"`` per identity, unique within the split and across splits.
-    """
-
-    z: Tensor
-    group: Tensor
-    keys: list[str]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def identity_set(world: ProceduralFaceWorld, split: str, per_group: int, seed: int) -> IdentitySet:
-    """``per_group`` identities of every group for ``split``, grouped in group order.
-
-    The latents come from a generator seeded with :func:`stable_seed` of ``(seed, split)``, so the same arguments
-    give the same identities in any process, and different split names give different identities by construction.
-    """
-    if per_group < 1:
-        raise ValueError(f"per_group must be >= 1, got {per_group}")
-    if not split or "/" in split:
-        raise ValueError(f"split must be a non-empty name without '/', got {split!r}")
-    gen = make_generator("identities", seed, split)
-    groups = len(world.group_names)
-    z = world.sample_z(groups * per_group, gen)
-    group = torch.arange(groups).repeat_interleave(per_group)
-    keys = [f"{split}/{name}/{i:05d}" for name in world.group_names for i in range(per_group)]
-    return IdentitySet(z=z, group=group, keys=keys)
-
-
-def labelled_batch(
-    world: ProceduralFaceWorld, ids: IdentitySet, batch_size: int, step: int, seed: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A training batch of labelled faces: a pure function of ``(seed, step)`` for a given identity set.
-
-    Identities are drawn uniformly with replacement; every image has its own nuisance draw, so an identity seen
-    twice looks different each time. The same step gives the same batch, so an interrupted run resumes exactly.
+    Args:
+        cfg: the recipe's ``data.world`` section (taxonomy file or ``None`` for the built-in one, world seed).
 
     Returns:
-        ``(images uint8 N×3×112×112, labels N (index into ids), group N)``.
+        The world with that taxonomy, its fixed random parameters drawn from ``cfg.seed``.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    gen = make_generator("labelled", seed, step)
-    labels = torch.randint(0, len(ids.keys), (batch_size,), generator=gen)
-    group = ids.group[labels]
-    images = world.synthesis(world.mapping(ids.z[labels], group), gen)
-    return images, labels, group
-
-
-def unlabelled_batch(
-    world: ProceduralFaceWorld, batch_size: int, step: int, seed: int, split: str = "distill"
-) -> dict[str, Tensor]:
-    """A batch of fresh identities (online, label-free distillation), balanced over groups.
-
-    A pure function of ``(seed, split, step)``. Groups are dealt round-robin then shuffled, so every group has
-    ``batch_size // groups`` or one more images.
-
-    Returns:
-        ``{"images": uint8 N×3×112×112, "z": N×z_dim, "w": N×w_dim, "group": N}``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    gen = make_generator("unlabelled", seed, split, step)
-    groups = len(world.group_names)
-    offset = int(torch.randint(0, groups, (1,), generator=gen))
-    group = (torch.arange(batch_size) + offset) % groups
-    group = group[torch.randperm(batch_size, generator=gen)]
-    z = world.sample_z(batch_size, gen)
-    w = world.mapping(z, group)
-    return {"images": world.synthesis(w, gen), "z": z, "w": w, "group": group}
+    return ProceduralFaceWorld(load_taxonomy(cfg.taxonomy), seed=cfg.seed)

@@ -1,174 +1,61 @@
-"""Recipes: typed, strictly validated YAML that describes one build from data to release.
+"""Loading recipes: located YAML, ``extends``, ``--set`` overrides and validation against the schema.
 
 A recipe file is read with ``yaml.safe_load`` semantics only (no tags that build Python objects), may pull in shared
-fragments with ``extends:`` (paths relative to the file that says it, merged depth-first, the extending file wins),
-and can be overridden from the command line with ``--set dotted.key=value``. Every problem is reported as
-``FILE:LINE: dotted.key: what is wrong (what is expected)``, all of them at once, so a user fixes a recipe in one
-pass. The resolved recipe (after ``extends`` and overrides) is what stages hash and what gets saved with outputs.
+fragments with ``extends:`` (paths relative to the file that says it, merged depth-first, the extending file wins;
+mappings merge key by key, anything else, lists included, is replaced whole), and can be overridden from the command
+line with ``--set dotted.key=value``. Every problem is reported as ``FILE:LINE: dotted.key: what is wrong (what is
+expected)``, all of them at once, so a user fixes a recipe in one pass. The resolved recipe (after ``extends`` and
+overrides) is what stages hash and what gets saved with outputs.
+
+Types the validator understands in a schema dataclass (:mod:`factory.recipe.schema`):
+
+- ``int``, ``float`` (an integer is accepted), ``str``, ``bool``, ``Literal[...]`` and ``X | None``.
+- A nested dataclass: a mapping, checked key by key; unknown keys get a did-you-mean, fields without a default are
+  required.
+- ``list[X]`` of any of these or of a tagged union: items are located as ``key.0``, ``key.1.sub``; field metadata
+  (``path``, ``registry``, ``union``) applies to each item.
+- A tagged union: a field annotated ``Any`` (or ``list[Any]``) with metadata ``{"union": FAMILY}``. The value is a
+  mapping whose ``kind`` names a config dataclass registered in that family; that dataclass has a field
+  ``kind: str`` defaulting to its registered name (so the resolved YAML keeps the kind) and may define
+  ``check(self, fail)`` for cross-field checks, calling ``fail(relative_key, message)``. Its default is given as
+  plain data in the metadata, ``{"union": "source", "default": {"kind": "procedural"}}``, and validated like
+  written YAML when the recipe leaves the section out: the schema never imports the implementing module.
+
+Families (for ``{"registry": F}`` names and ``{"union": F}`` unions) are declared in :data:`UNION_FAMILIES` and
+imported only when a recipe uses them.
+
+``--set`` keys may index lists (``compress.methods.0.preset=performance``; a list the file leaves at its schema
+default is indexed too), build mappings key by key, and take whole values as YAML flow text (``'formats=[{kind:
+onnx}]'``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from factory.registry import UnknownNameError
+from factory.recipe.schema import Recipe
+from factory.registry import Registry, UnknownNameError
 
-# --------------------------------------------------------------------------------------------------------------
-# Schema. Field metadata: {"path": True} marks a file path that must exist (resolved relative to the file that set
-# it); {"registry": "model"|"head"} marks a name that must be registered in that family.
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class WorldConfig:
-    """The built-in procedural face world (used for training, calibration and the default benchmark)."""
-
-    taxonomy: str | None = field(default=None, metadata={"path": True})  # group taxonomy YAML; None = built-in
-    seed: int = 0
-
-
-@dataclass
-class DataConfig:
-    """What the data stage renders once and caches."""
-
-    world: WorldConfig = field(default_factory=WorldConfig)
-    # A real benchmark instead of the procedural one: an insightface verification .bin (one group) or an RFW root
-    # (a group per race), with aligned 112x112 images or RFW landmark files.
-    benchmark: str | None = field(default=None, metadata={"path": True})
-    benchmark_pairs_per_group: int = 600  # procedural, RFW-like: 10 folds, half genuine, half impostor
-    calibration_images: int = 300  # for INT8 calibration; identities disjoint from the benchmark
-    preview_identities: int = 6
-    preview_samples: int = 6
-
-
-@dataclass
-class TrainConfig:
-    """One training run of the shared loop (teacher training or distillation)."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    warmup_steps: int = 0
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
-    step_every: int = 0  # for schedule "step": halve the lr every this many steps
-    checkpoint_every: int = 100
-    channels_last: bool = True
-
-
-@dataclass
-class TeacherConfig:
-    """The teacher: trained by the build on labelled procedural faces, or loaded from a checkpoint."""
-
-    model: str = field(default="iresnet_nano", metadata={"registry": "model"})
-    # Skips training: a factory checkpoint, an insightface state_dict (.pth/.pt) or safetensors file holding weights
-    # of `model`, or a black-box ONNX / OpenVINO / TorchScript file.
-    checkpoint: str | None = field(default=None, metadata={"path": True})
-    normalization: Literal["arcface", "legacy128"] | None = None  # input convention of the checkpoint (None: its own)
-    # Labelled training images instead of procedural identities: a RecordIO pack, a labelled folder or a list.
-    train_data: str | None = field(default=None, metadata={"path": True})
-    identities_per_group: int = 100
-    head: str = field(default="cosface", metadata={"registry": "head"})
-    margin: float = 0.35
-    scale: float = 32.0
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class DistillConfig:
-    """Label-free feature distillation of the student on online procedural faces."""
-
-    student: str = field(default="tinyfar_a", metadata={"registry": "model"})
-    # Images to distill on instead of online procedural faces: a flat folder, a list or a RecordIO pack.
-    data: str | None = field(default=None, metadata={"path": True})
-    loss: Literal["mse"] = "mse"
-    normalize: bool = False  # SynthDistill uses raw embeddings; QuantFace/MST-KD normalise first
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine")
-    )
-
-
-@dataclass
-class ExportConfig:
-    """Artifacts produced from the distilled student, each checked against torch."""
-
-    opset: int = 18
-    min_parity_cosine: float = 0.999  # every FP32 artifact vs torch, on fixed inputs
-
-
-@dataclass
-class CompressConfig:
-    """NNCF post-training INT8 quantization of the OpenVINO FP32 IR."""
-
-    preset: Literal["mixed", "performance"] = "mixed"
-    keep_head_float: bool = False
-    fast_bias_correction: bool = True
-
-
-@dataclass
-class ValidateConfig:
-    """How artifacts are measured."""
-
-    flip: bool = True  # insightface flip fusion
-    batch_size: int = 64
-    threads: int = 1  # fixed thread count for latency
-    latency_warmup: int = 20
-    latency_repeats: int = 100
-
-
-@dataclass
-class GatesConfig:
-    """Release gates; ``null`` leaves a gate out. Accuracies are fractions (0.9 = 90 %)."""
-
-    min_accuracy: float | None = 0.8  # mean of the per-group accuracies, every artifact
-    max_std: float | None = 0.05  # sample std of the per-group accuracies, every artifact
-    max_int8_drop: float | None = 0.01  # torch FP32 mean accuracy minus INT8 mean accuracy
-    max_latency_ms: float | None = 50.0  # batch-1 median, every exported artifact
-
-
-@dataclass
-class ReleaseConfig:
-    """The release bundle."""
-
-    version: str = "0.1.0"
-    description: str = ""
-
-
-@dataclass
-class Recipe:
-    """One build, from data to release."""
-
-    name: str = ""  # defaults to the recipe file's stem
-    seed: int = 0
-    threads: int = 2  # torch/NNCF threads for training and evaluation
-    run_dir: str | None = None  # default runs/<name>
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    compress: CompressConfig = field(default_factory=CompressConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    gates: GatesConfig = field(default_factory=GatesConfig)
-    release: ReleaseConfig = field(default_factory=ReleaseConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the resolved recipe (what is hashed and saved)."""
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        """The resolved recipe as YAML."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
+# Family -> (module, attribute) of its Registry. Imported lazily: the model zoo pulls in timm, which `factory --help`
+# should not pay for. Union families register config dataclasses (see the module docstring).
+UNION_FAMILIES: dict[str, tuple[str, str]] = {
+    "model": ("factory.models.zoo", "MODELS"),
+    "head": ("factory.models.heads", "HEADS"),
+    "kd_loss": ("factory.distill.losses", "KD_LOSSES"),
+    "source": ("factory.data.sources", "SOURCES"),
+    "exporter": ("factory.export.exporters", "EXPORTERS"),
+    "compressor": ("factory.compress.compressors", "COMPRESSORS"),
+}
 
 # --------------------------------------------------------------------------------------------------------------
 # Errors
@@ -261,7 +148,12 @@ def _to_python(
             out[key] = _to_python(loader, value_node, file, dotted + ".", locs, issues)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(loader, item, file, f"{prefix}{i}.", locs, issues) for i, item in enumerate(node.value)]
+        items = []
+        for i, item in enumerate(node.value):
+            # The item's own line, not the list key's: in a block list each item sits on a line of its own.
+            locs[f"{prefix}{i}"] = (file, item.start_mark.line + 1)
+            items.append(_to_python(loader, item, file, f"{prefix}{i}.", locs, issues))
+        return items
     try:
         return loader.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as e:
@@ -315,8 +207,14 @@ def _load_with_extends(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, An
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _apply_overrides(data: dict[str, Any], locs: dict[str, Loc], overrides: list[str]) -> dict[str, str]:
-    """Set every ``dotted.key=value``; returns the raw text per key (``version=2.0`` is text for a string field)."""
+def _apply_overrides(
+    data: dict[str, Any], locs: dict[str, Loc], overrides: list[str], defaults: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Set every ``dotted.key=value``; returns the raw text per key (``version=2.0`` is text for a string field).
+
+    ``defaults`` is the schema's default recipe as plain data: indexing a list that the files leave out starts
+    from its default items.
+    """
     issues, raw_text = [], {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -328,20 +226,62 @@ def _apply_overrides(data: dict[str, Any], locs: dict[str, Loc], overrides: list
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        problem = _set_path(data, locs, key.split("."), value, defaults)
+        if problem:
+            issues.append(RecipeIssue("--set", 0, *problem))
+            continue
         raw_text[key] = raw.strip()
-        locs[key] = ("--set", 0)
-        for sub in [k for k in locs if k.startswith(key + ".")]:
-            locs[sub] = ("--set", 0)
+        _mark_set(locs, key)
     if issues:
         raise RecipeError(issues)
     return raw_text
+
+
+def _set_path(
+    data: dict[str, Any], locs: dict[str, Loc], parts: list[str], value: Any, defaults: Any
+) -> tuple[str, str] | None:
+    """Put ``value`` at ``parts`` inside ``data``, making mappings on the way; ``(key, problem)`` if it cannot."""
+    node: Any = data
+    default = defaults
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit():
+                return here, f"expected a list index, got {part!r} (list has {_count(len(node))})"
+            index = int(part)
+            if index >= len(node):
+                return here, f"index {index} out of range (list has {_count(len(node))})"
+            child_default = default[index] if isinstance(default, list) and index < len(default) else None
+            key: Any = index
+        else:
+            # A union member of another kind than the default's: the default says nothing about its fields.
+            if isinstance(default, dict) and "kind" in default and node.get("kind") != default["kind"]:
+                default = None
+            child_default = default.get(part) if isinstance(default, dict) else None
+            key = part
+            if not last and part not in node and isinstance(child_default, list) and parts[depth + 1].isdigit():
+                node[part] = copy.deepcopy(child_default)
+                _mark_set(locs, here)
+        if last:
+            node[key] = value
+            return None
+        child = node[key] if isinstance(node, list) else node.get(key)
+        if not isinstance(child, dict | list):
+            child = node[key] = {}
+            _mark_set(locs, here)  # a mapping this override made: its own problems (a missing kind) are the --set's
+        node, default = child, child_default
+    return None
+
+
+def _mark_set(locs: dict[str, Loc], key: str) -> None:
+    locs[key] = ("--set", 0)
+    for sub in [k for k in locs if k.startswith(key + ".")]:
+        locs[sub] = ("--set", 0)
+
+
+def _count(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -349,17 +289,45 @@ def _apply_overrides(data: dict[str, Any], locs: dict[str, Loc], overrides: list
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
+def _type_name(tp: Any, meta: Any = None) -> str:
+    family = (meta or {}).get("union")
+    if family and tp is Any:
+        return f"a {family} mapping with a 'kind' (one of: {_kinds(family)})"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(_type_name(a, meta) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_items_name(_item_type(tp), meta)}"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _items_name(tp: Any, meta: Any) -> str:
+    family = (meta or {}).get("union")
+    if family and tp is Any:
+        return f"{family} mappings, each with a 'kind' (one of: {_kinds(family)})"
+    if dataclasses.is_dataclass(tp):
+        return "mappings"
+    plural = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
+    return plural.get(tp) or f"items, each {_type_name(tp, meta)}"
+
+
+def _item_type(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    return args[0] if args else Any
+
+
+def _kinds(family: str) -> str:
+    return ", ".join(_registry(family).names()) or "none registered"
+
+
+def _got(value: Any) -> str:
+    return f"got {type(value).__name__} {value!r}"
 
 
 class _Validator:
@@ -382,11 +350,12 @@ class _Validator:
         self.issues.append(RecipeIssue(file, line, dotted, message))
 
     def build(self, cls: type, data: Any, prefix: str) -> Any:
+        """An instance of dataclass ``cls`` from mapping ``data``, or None when it cannot be built."""
         if not isinstance(data, dict):
             self.fail(prefix.rstrip("."), f"got {type(data).__name__} (expected a mapping)")
-            return cls()
+            return None
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             dotted = prefix + key
@@ -395,11 +364,27 @@ class _Validator:
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 self.fail(dotted, f"unknown key ({hint}expected one of: {', '.join(fields)})")
                 continue
+            if value is None and "default" in fields[key].metadata:
+                value = copy.deepcopy(fields[key].metadata["default"])  # null: the section's default
             kwargs[key] = self.value(hints[key], value, dotted, fields[key].metadata)
-        return cls(**kwargs)
+        for name, f in fields.items():
+            # A union section left out of the recipe: its default is plain data, validated like a written one (so
+            # the schema names its default kind without importing the module that implements it).
+            if name not in kwargs and "default" in f.metadata:
+                kwargs[name] = self.value(hints[name], copy.deepcopy(f.metadata["default"]), prefix + name, f.metadata)
+        missing = [
+            f
+            for f in fields.values()
+            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        for f in missing:
+            self.fail(prefix.rstrip("."), f"missing {f.name!r} (expected {_type_name(hints[f.name], f.metadata)})")
+        return None if missing else cls(**kwargs)
 
     def value(self, tp: Any, value: Any, dotted: str, meta: Any) -> Any:
         origin = typing.get_origin(tp)
+        if meta.get("union") and tp is Any:
+            return self.member(meta["union"], value, dotted)
         if dataclasses.is_dataclass(tp):
             return self.build(tp, value, dotted + ".")
         if origin in (Union, types.UnionType):
@@ -408,6 +393,11 @@ class _Validator:
                 return None
             (inner,) = [a for a in args if a is not type(None)]
             return self.value(inner, value, dotted, meta)
+        if origin is list:
+            if not isinstance(value, list):
+                self.fail(dotted, f"{_got(value)} (expected {_type_name(tp, meta)})")
+                return value
+            return [self.value(_item_type(tp), item, f"{dotted}.{i}", meta) for i, item in enumerate(value)]
         if origin is Literal:
             if value not in typing.get_args(tp):
                 self.fail(dotted, f"got {value!r} (expected {_type_name(tp)})")
@@ -421,7 +411,7 @@ class _Validator:
             or (tp is str and isinstance(value, str))
         )
         if not ok:
-            self.fail(dotted, f"got {type(value).__name__} {value!r} (expected {_type_name(tp)})")
+            self.fail(dotted, f"{_got(value)} (expected {_type_name(tp)})")
             return value
         if tp is float:
             value = float(value)
@@ -430,6 +420,36 @@ class _Validator:
         if meta.get("registry"):
             self.check_name(dotted, meta["registry"], value)
         return value
+
+    def member(self, family: str, value: Any, dotted: str) -> Any:
+        """The config dataclass instance that a tagged-union mapping's ``kind`` selects, validated."""
+        if not isinstance(value, dict):
+            self.fail(dotted, f"{_got(value)} (expected {_type_name(Any, {'union': family})})")
+            return None
+        if "kind" not in value:
+            self.fail(dotted, f"missing 'kind' (expected one of: {_kinds(family)})")
+            return None
+        kind = value["kind"]
+        if not isinstance(kind, str):
+            self.fail(f"{dotted}.kind", f"{_got(kind)} (expected one of: {_kinds(family)})")
+            return None
+        try:
+            cls = _registry(family).get(kind)
+        except UnknownNameError as e:
+            self.fail(f"{dotted}.kind", e.message)
+            return None
+        _check_member_class(family, kind, cls)
+        before = len(self.issues)
+        member = self.build(cls, value, dotted + ".")
+        check = getattr(member, "check", None)
+        # Cross-field checks assume every field has its declared type, so they wait for a clean member.
+        if len(self.issues) == before and callable(check):
+
+            def fail(key: str, message: str) -> None:
+                self.fail(f"{dotted}.{key}" if key else dotted, message)
+
+            check(fail)
+        return member
 
     def resolve_path(self, dotted: str, value: str) -> str:
         file, _ = self.where(dotted)
@@ -446,17 +466,21 @@ class _Validator:
             self.fail(dotted, e.message)
 
 
-def _registry(family: str) -> Any:
-    # Imported here: the model zoo pulls in timm, which `factory --help` should not pay for.
-    if family == "model":
-        from factory.models.zoo import MODELS
+def _registry(family: str) -> Registry[Any]:
+    try:
+        module, attribute = UNION_FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"no registry for {family!r} (declare it in UNION_FAMILIES)") from None
+    return getattr(importlib.import_module(module), attribute)
 
-        return MODELS
-    if family == "head":
-        from factory.models.heads import HEADS
 
-        return HEADS
-    raise ValueError(f"no registry for {family!r}")
+def _check_member_class(family: str, kind: str, cls: Any) -> None:
+    # A schema bug, not a recipe problem: without `kind` defaulting to its name, asdict() would lose the tag.
+    kind_field = {f.name: f for f in dataclasses.fields(cls)}.get("kind") if dataclasses.is_dataclass(cls) else None
+    if kind_field is None or kind_field.default != kind:
+        raise TypeError(
+            f"{family} {kind!r} is registered as {cls!r}, which is not a config dataclass with `kind: str = {kind!r}`"
+        )
 
 
 def _check_semantics(recipe: Recipe, v: _Validator) -> None:
@@ -485,6 +509,22 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
             v.fail(f"{key}.step_every", "schedule 'step' needs step_every > 0")
 
 
+def _plain_defaults(cls: type) -> dict[str, Any]:
+    """The schema's defaults as plain data, union defaults (field metadata ``default``) included."""
+    instance, out = cls(), {}
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if "default" in f.metadata:
+            out[f.name] = copy.deepcopy(f.metadata["default"])
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = _plain_defaults(type(value))
+        elif isinstance(value, list):
+            out[f.name] = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v) for v in value]
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe.
 
@@ -502,7 +542,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data, locs = _load_with_extends(path.resolve(), (path.resolve(),))
     # Report locations with the path as the user typed it for the top file.
     locs = {k: (str(path) if f == str(path.resolve()) else f, line) for k, (f, line) in locs.items()}
-    override_text = _apply_overrides(data, locs, list(overrides or []))
+    override_text = _apply_overrides(data, locs, list(overrides or []), _plain_defaults(Recipe))
     validator = _Validator(locs, str(path), override_text)
     recipe = validator.build(Recipe, data, "")
     if not validator.issues:

@@ -1,75 +1,63 @@
 """The release stage: when every gate passes, a self-describing bundle a deployer can verify and run.
 
-Bundle layout::
+The bundle holds every shipped artifact of the build (ONNX FP32, OpenVINO FP32 and INT8 IRs today: whatever the
+stages recorded with a golden tolerance) under the file names their stages gave them, and::
 
-    student.onnx                      ONNX FP32 (ONNX Runtime, TensorRT on the target)
-    student_fp32.xml / .bin           OpenVINO IR FP32
-    student_int8.xml / .bin           OpenVINO IR INT8 (NNCF PTQ)
     golden_input.png / .npy           one aligned face, and exactly what the models are fed for it
     recipe.resolved.yaml              the recipe after extends and overrides
     fairness.png                      per-group accuracy of every artifact
+    ledger.png, fmr_heatmap.png       accuracy by group and stage; impostor FMR by group pair
     report.md                         readable summary: accuracy and fairness table, gates, parity, lineage
-    manifest.json                     sha256 of every other file, input contract, metrics, gates, golden, lineage
+    manifest.json                     schema factory.release/2 (:mod:`factory.runtime.manifest`)
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from factory.data.benchmark import PairBenchmark
-from factory.data.preprocess import to_model_input_numpy
+from factory.data.stage import BENCHMARK_FILE
 from factory.evaluate.ledger import build_ledger, format_ledger
 from factory.evaluate.plots import accuracy_by_stage, fmr_heatmap
-from factory.evaluate.validate import accuracy_table, artifact_order
-from factory.export.runtimes import onnx_runner, openvino_runner
+from factory.evaluate.tables import accuracy_table, artifact_order
 from factory.files import atomic_path, sha256_tree, write_json, write_text
-from factory.models.checkpoint import load_model
+from factory.pipeline.stage import BuiltArtifact, GateFailure, Stage, StageContext, StageResult
 from factory.release.gates import GateResult, evaluate_gates, failure_message, format_gate_table
 from factory.release.provenance import git_commit, package_versions
-
-if TYPE_CHECKING:
-    from factory.pipeline import StageContext
-
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "factory.release/1"
-# Golden embeddings are re-checked on other machines, where kernels (and INT8 rounding) may differ slightly.
-GOLDEN_MIN_COSINE = {"onnx_fp32": 0.9999, "openvino_fp32": 0.9999, "openvino_int8": 0.99}
-ARTIFACT_FILES = {
-    "onnx_fp32": ("export", ["student.onnx"]),
-    "openvino_fp32": ("export", ["student_fp32.xml", "student_fp32.bin"]),
-    "openvino_int8": ("compress", ["student_int8.xml", "student_int8.bin"]),
-}
+from factory.runtime.artifacts import open_runner
+from factory.runtime.manifest import MANIFEST_FILE, MANIFEST_FORMAT
+from factory.runtime.preprocess import to_model_input_numpy
 
 
-def make_release(ctx: StageContext) -> dict[str, Any]:
+def make_release(ctx: StageContext) -> StageResult:
     """Check the gates; if all pass, write the bundle into the stage directory.
 
     Raises:
         GateFailure: one or more gates failed; nothing is written.
     """
-    from factory.pipeline import GateFailure
-
-    recipe = ctx.recipe
+    recipe, release = ctx.recipe, ctx.config["release"]
     validation = ctx.inputs["validate"].metrics
-    rows = evaluate_gates(recipe.gates, validation)
+    built = ctx.artifacts()
+    rows = evaluate_gates(ctx.config["gates"], validation, [b.artifact for b in built])
     if not all(r.passed for r in rows):
         raise GateFailure(failure_message(rows), [r.to_dict() for r in rows], validation)
 
     out = ctx.work_dir
-    for stage, names in ARTIFACT_FILES.values():
-        for name in names:
+    shipped = [b for b in built if b.artifact.shipped]
+    for b in shipped:
+        for name in b.artifact.files:
             with atomic_path(out / name) as tmp:
-                shutil.copyfile(ctx.inputs[stage].path(name), tmp)
-    contract = load_model(ctx.inputs["distill"].path("student.pt")).contract
-    golden = _write_golden(ctx, out, contract)
+                shutil.copyfile(b.root / name, tmp)
+    golden, contract = _write_golden(ctx, out, shipped)
     _plot_fairness(validation, out / "fairness.png")
-    cross = validation["artifacts"]["openvino_int8"]["evaluation"].get("cross_group_fmr")
-    if cross is not None:
-        fmr_heatmap(cross, validation["groups"], out / "fmr_heatmap.png", "openvino_int8: impostor FMR by group pair")
+    heatmap = _heatmap_artifact(validation, shipped)
+    if heatmap is not None:
+        cross = validation["artifacts"][heatmap]["evaluation"]["cross_group_fmr"]
+        fmr_heatmap(cross, validation["groups"], out / "fmr_heatmap.png", f"{heatmap}: impostor FMR by group pair")
     ledger = build_ledger(validation)
     accuracy_by_stage({r["stage"]: r["accuracy"] for r in ledger}, validation["groups"], out / "ledger.png")
     lineage = {
@@ -80,58 +68,57 @@ def make_release(ctx: StageContext) -> dict[str, Any]:
         "world_seed": recipe.data.world.seed,
         "stages": {name: {"key": o.key, "files": o.files} for name, o in ctx.inputs.items()},
     }
-    write_text(out / "report.md", _report(recipe.name, recipe.release.version, ctx.inputs, rows, lineage))
+    report = _report(ctx.config["name"], release.version, ctx, built, rows, lineage, heatmap is not None)
+    write_text(out / "report.md", report)
     write_text(out / "recipe.resolved.yaml", recipe.to_yaml())  # the pipeline rewrites the same bytes
-    files = sha256_tree(out)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "name": recipe.name,
-        "version": recipe.release.version,
-        "description": recipe.release.description,
-        "files": files,
-        "contract": contract.to_dict(),
-        "artifacts": {
-            name: {
-                "files": ARTIFACT_FILES[name][1],
-                "metrics": validation["artifacts"][name],
-            }
-            for name in ARTIFACT_FILES
-        },
-        "reference": {"teacher": validation["artifacts"]["teacher"]},
-        "student_fp32": validation["artifacts"]["torch_fp32"],
-        "parity": ctx.inputs["export"].metrics["parity"],
-        "int8_drift": ctx.inputs["compress"].metrics["drift_vs_fp32"],
+        "name": ctx.config["name"],
+        "version": release.version,
+        "description": release.description,
+        "files": sha256_tree(out),
+        "contract": contract,
+        "artifacts": {b.name: {**b.artifact.to_dict(), "metrics": validation["artifacts"][b.name]} for b in shipped},
+        # Measured but not shipped (the teacher, the torch student): what the shipped artifacts are compared with.
+        "reference": {b.name: validation["artifacts"][b.name] for b in built if not b.artifact.shipped},
         "gates": [r.to_dict() for r in rows],
         "fairness_ledger": ledger,
         "golden": golden,
         "lineage": lineage,
     }
     write_json(out / MANIFEST_FILE, manifest)
-    return {"gates": [r.to_dict() for r in rows], "version": recipe.release.version}
+    return StageResult({"gates": [r.to_dict() for r in rows], "version": release.version})
 
 
-def _write_golden(ctx: StageContext, out: Path, contract: Any) -> dict[str, Any]:
-    """One benchmark face as PNG, its model input as .npy, and every artifact's embedding of it."""
+def _write_golden(ctx: StageContext, out: Path, shipped: list[BuiltArtifact]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One benchmark face as PNG, its model input as .npy, and every shipped artifact's embedding of it."""
     from PIL import Image
 
-    face = PairBenchmark.load(ctx.inputs["data"].path("benchmark.npz")).images[:1]
+    face = PairBenchmark.load(ctx.inputs["data"].path(BENCHMARK_FILE)).images[:1]
     with atomic_path(out / "golden_input.png") as tmp:
         Image.fromarray(face[0].transpose(1, 2, 0)).save(tmp, format="PNG")
+    # The copies in the bundle are what is run: the golden vectors describe exactly the shipped files.
+    runners = {b.name: open_runner(b.artifact, out) for b in shipped}
+    contracts = {r.contract for r in runners.values()}
+    if len(contracts) != 1:
+        raise ValueError(f"the shipped artifacts disagree on their input contract: {sorted(map(str, contracts))}")
+    (contract,) = contracts
     x = to_model_input_numpy(face, contract).astype(np.float32)
     with atomic_path(out / "golden_input.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, x)
-    runners = {
-        "onnx_fp32": onnx_runner(out / "student.onnx"),
-        "openvino_fp32": openvino_runner(out / "student_fp32.xml", precision="f32"),
-        "openvino_int8": openvino_runner(out / "student_int8.xml"),
-    }
-    return {
+    golden = {
         "input": "golden_input.npy",
         "image": "golden_input.png",
         "embeddings": {name: runner(x)[0].astype(float).tolist() for name, runner in runners.items()},
-        "min_cosine": GOLDEN_MIN_COSINE,
     }
+    return golden, contract.to_dict()
+
+
+def _heatmap_artifact(validation: dict[str, Any], shipped: list[BuiltArtifact]) -> str | None:
+    """The most derived shipped artifact with cross-group impostor rates (what a deployer most likely runs)."""
+    names = [b.name for b in shipped if "cross_group_fmr" in validation["artifacts"][b.name]["evaluation"]]
+    return names[-1] if names else None
 
 
 def _plot_fairness(validation: dict[str, Any], path: Path) -> None:
@@ -162,17 +149,31 @@ def _plot_fairness(validation: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _report(name: str, version: str, inputs: dict[str, Any], rows: list[GateResult], lineage: dict[str, Any]) -> str:
-    validation = inputs["validate"].metrics
-    parity = inputs["export"].metrics["parity"]
-    drift = inputs["compress"].metrics["drift_vs_fp32"]
-    teacher, distill = inputs["teacher"].metrics, inputs["distill"].metrics
+def _report(
+    name: str,
+    version: str,
+    ctx: StageContext,
+    built: list[BuiltArtifact],
+    rows: list[GateResult],
+    lineage: dict[str, Any],
+    heatmap: bool,
+) -> str:
+    validation = ctx.inputs["validate"].metrics
+    teacher, distill = ctx.inputs["teacher"].metrics, ctx.inputs["distill"].metrics
     code = lineage["code"]
+    parity = []
+    for b in built:
+        check = b.artifact.parity
+        if check is not None:
+            parity.append(
+                f"- {b.name} vs {check['against']} on {check['n']} inputs: min cosine {check['min_cosine']:.6f}, "
+                f"mean {check['mean_cosine']:.6f}"
+            )
     lines = [
         f"# {name} {version}",
         "",
         f"Student `{distill['student']}` ({distill['params']:,} parameters) distilled from teacher "
-        f"`{distill['teacher']}` for {distill['steps']} steps on online procedural faces.",
+        f"`{distill['teacher']}` for {distill['steps']} steps on {distill.get('data', 'online procedural faces')}.",
         "",
         f"Benchmark: {validation['pairs']} pairs, groups {', '.join(validation['groups'])}; accuracy (%) with the "
         "insightface 10-fold protocol per group; STD is the sample std of the group accuracies; SER = "
@@ -199,16 +200,10 @@ def _report(name: str, version: str, inputs: dict[str, Any], rows: list[GateResu
         "",
         "![accuracy by group and stage](ledger.png)",
         "",
-        *(
-            ["![cross-group impostor FMR](fmr_heatmap.png)", ""]
-            if "cross_group_fmr" in validation["artifacts"]["openvino_int8"]["evaluation"]
-            else []
-        ),
+        *(["![cross-group impostor FMR](fmr_heatmap.png)", ""] if heatmap else []),
         "## Parity and drift",
         "",
-        *[f"- {k} vs torch: min cosine {v['min_cosine']:.6f}" for k, v in parity.items()],
-        f"- openvino_int8 vs openvino_fp32 on {drift['n']} held-out faces: mean cosine {drift['mean_cosine']:.4f}, "
-        f"min {drift['min_cosine']:.4f}",
+        *parity,
         "",
         "## Lineage",
         "",
@@ -217,8 +212,19 @@ def _report(name: str, version: str, inputs: dict[str, Any], rows: list[GateResu
         f"- seed {lineage['seed']}, world seed {lineage['world_seed']}",
         f"- teacher: {teacher.get('model')} ({teacher.get('steps', 'checkpoint')} steps)",
         "",
-        "Verify: every file's sha256 is in `manifest.json`; `golden_input.npy` run through each artifact must give "
-        "its `golden.embeddings` entry (cosine at least `golden.min_cosine`).",
+        "Verify: `factory release verify DIR` (or `python deploy/verify_release.py DIR` on the target) checks every "
+        "file's sha256 in `manifest.json` and runs `golden_input.npy` through each artifact: its embedding must match "
+        "`golden.embeddings` (cosine at least the artifact's `golden_min_cosine`).",
         "",
     ]
     return "\n".join(lines)
+
+
+STAGE = Stage(
+    name="release",
+    needs=("data", "teacher", "distill", "export", "compress", "validate"),
+    config=lambda r: {"gates": r.gates, "release": r.release, "name": r.name},
+    run=make_release,
+    summary=lambda m: f"{sum(g['passed'] for g in m['gates'])}/{len(m['gates'])} gates passed, version {m['version']}",
+    publishes=True,
+)

@@ -1,0 +1,95 @@
+"""Identity splits and batches of the procedural world: what training, distillation and evaluation draw from it.
+
+Batches are pure functions of ``(seed, split, step)`` through :func:`~factory.data.world.seeding.stable_seed`, so
+training resumes exactly and different splits (teacher, distill, calibration, benchmark) never share an identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from factory.data.world.renderer import ProceduralFaceWorld
+from factory.data.world.seeding import make_generator
+
+
+@dataclass
+class IdentitySet:
+    """A fixed set of identities of one split.
+
+    Attributes:
+        z: identity latents ``N×z_dim``.
+        group: group id per identity ``N``.
+        keys: ``"<split>/<group>/<index>"`` per identity, unique within the split and across splits.
+    """
+
+    z: Tensor
+    group: Tensor
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def identity_set(world: ProceduralFaceWorld, split: str, per_group: int, seed: int) -> IdentitySet:
+    """``per_group`` identities of every group for ``split``, grouped in group order.
+
+    The latents come from a generator seeded with :func:`~factory.data.world.seeding.stable_seed` of
+    ``(seed, split)``, so the same arguments give the same identities in any process, and different split names give
+    different identities by construction.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
+    if not split or "/" in split:
+        raise ValueError(f"split must be a non-empty name without '/', got {split!r}")
+    gen = make_generator("identities", seed, split)
+    groups = len(world.group_names)
+    z = world.sample_z(groups * per_group, gen)
+    group = torch.arange(groups).repeat_interleave(per_group)
+    keys = [f"{split}/{name}/{i:05d}" for name in world.group_names for i in range(per_group)]
+    return IdentitySet(z=z, group=group, keys=keys)
+
+
+def labelled_batch(
+    world: ProceduralFaceWorld, ids: IdentitySet, batch_size: int, step: int, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A training batch of labelled faces: a pure function of ``(seed, step)`` for a given identity set.
+
+    Identities are drawn uniformly with replacement; every image has its own nuisance draw, so an identity seen
+    twice looks different each time. The same step gives the same batch, so an interrupted run resumes exactly.
+
+    Returns:
+        ``(images uint8 N×3×112×112, labels N (index into ids), group N)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    gen = make_generator("labelled", seed, step)
+    labels = torch.randint(0, len(ids.keys), (batch_size,), generator=gen)
+    group = ids.group[labels]
+    images = world.synthesis(world.mapping(ids.z[labels], group), gen)
+    return images, labels, group
+
+
+def unlabelled_batch(
+    world: ProceduralFaceWorld, batch_size: int, step: int, seed: int, split: str = "distill"
+) -> dict[str, Tensor]:
+    """A batch of fresh identities (online, label-free distillation), balanced over groups.
+
+    A pure function of ``(seed, split, step)``. Groups are dealt round-robin then shuffled, so every group has
+    ``batch_size // groups`` or one more images.
+
+    Returns:
+        ``{"images": uint8 N×3×112×112, "z": N×z_dim, "w": N×w_dim, "group": N}``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    gen = make_generator("unlabelled", seed, split, step)
+    groups = len(world.group_names)
+    offset = int(torch.randint(0, groups, (1,), generator=gen))
+    group = (torch.arange(batch_size) + offset) % groups
+    group = group[torch.randperm(batch_size, generator=gen)]
+    z = world.sample_z(batch_size, gen)
+    w = world.mapping(z, group)
+    return {"images": world.synthesis(w, gen), "z": z, "w": w, "group": group}

@@ -1,0 +1,87 @@
+"""The validate stage: accuracy, fairness and latency of every artifact of the build on the same benchmark.
+
+It iterates over the artifacts the upstream stages recorded, never over names: each runs through its own runtime
+(torch, ONNX Runtime, OpenVINO, ...) but sees identical uint8 faces, preprocessed by its own contract. Reference
+artifacts (the teacher) are measured as what the student is judged by; every other artifact is also timed at batch 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.data.benchmark import CrossGroupImpostors, PairBenchmark
+from factory.data.stage import BENCHMARK_FILE, CROSS_FILE
+from factory.evaluate.benchmark_eval import embed_images, evaluate_embeddings
+from factory.evaluate.latency import measure_latency
+from factory.evaluate.operational import cross_group_fmr
+from factory.evaluate.verification import pair_distances
+from factory.export.parity import fixed_inputs
+from factory.files import write_json
+from factory.pipeline.stage import Stage, StageContext, StageResult
+from factory.runtime.runners import embed_uint8
+
+METRICS_FILE = "metrics.json"
+
+
+def validate_artifacts(ctx: StageContext) -> StageResult:
+    """Evaluate every artifact on the benchmark and time the non-reference ones at batch 1."""
+    cfg, threads = ctx.config["validate"], ctx.config["threads"]
+    data = ctx.inputs["data"]
+    bench = PairBenchmark.load(data.path(BENCHMARK_FILE))
+    cross = CrossGroupImpostors.load(data.dir / CROSS_FILE) if (data.dir / CROSS_FILE).exists() else None
+    results: dict[str, Any] = {}
+    for built in ctx.artifacts():
+        embed = embed_uint8(built.runner(threads=threads))
+        progress = built.name if ctx.progress else None
+        embeddings = embed_images(embed, bench.images, cfg.batch_size, cfg.flip, progress)
+        entry: dict[str, Any] = {"evaluation": evaluate_embeddings(embeddings, bench).to_dict()}
+        if cross is not None:
+            cross_emb = embed_images(embed, cross.images, cfg.batch_size, cfg.flip)
+            impostor = ~bench.issame
+            entry["evaluation"]["cross_group_fmr"] = cross_group_fmr(
+                1.0 - pair_distances(embeddings)[impostor] / 2.0,
+                bench.groups[impostor],
+                1.0 - pair_distances(cross_emb) / 2.0,
+                cross.cells,
+                len(bench.group_names),
+            )
+        if not built.artifact.reference:
+            timed = built.runner(threads=cfg.threads)
+            x = fixed_inputs(timed.contract, n=1)
+            entry["latency"] = measure_latency(
+                lambda timed=timed, x=x: timed(x),
+                warmup=cfg.latency_warmup,
+                repeats=cfg.latency_repeats,
+                threads=cfg.threads,
+            ).to_dict()
+        results[built.name] = entry
+    metrics = {
+        "artifacts": results,
+        "order": list(results),  # JSON files may come back with sorted keys: tables and plots keep build order
+        "groups": list(bench.group_names),
+        "pairs": int(len(bench.issame)),
+    }
+    # The measurements are this stage's output: as a file they enter the release's cache key.
+    write_json(ctx.work_dir / METRICS_FILE, metrics)
+    return StageResult(metrics)
+
+
+def _summary(m: dict[str, Any]) -> str:
+    # The reference, the model it was distilled into and the most derived artifact: the ends of the build.
+    order = [n for n in m["order"] if n in m["artifacts"]]
+    shown = dict.fromkeys([order[0], order[1] if len(order) > 2 else order[-1], order[-1]])
+    parts = []
+    for name in shown:
+        fairness = m["artifacts"][name]["evaluation"]["fairness"]
+        std = "-" if fairness["std"] is None else f"{100 * fairness['std']:.2f}"
+        parts.append(f"{name} {100 * fairness['mean']:.2f}% (STD {std})")
+    return ", ".join(parts)
+
+
+STAGE = Stage(
+    name="validate",
+    needs=("data", "teacher", "distill", "export", "compress"),
+    config=lambda r: {"validate": r.validate, "threads": r.threads},
+    run=validate_artifacts,
+    summary=_summary,
+)

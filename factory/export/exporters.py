@@ -1,0 +1,83 @@
+"""Exporters, registered by ``kind``: each turns the torch student (or an artifact exported before it) into a file.
+
+A recipe lists them in order, ``export.formats: [{kind: onnx, opset: 18}, {kind: openvino}]``; the registered object
+is that entry's config dataclass, and its ``export`` writes the file and returns the
+:class:`~factory.runtime.artifacts.Artifact` record. The export stage checks every result against torch (parity)
+before anything downstream sees it. A new format is one more registered class, in this file or its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from factory.export.onnx import export_onnx
+from factory.export.openvino import convert_to_openvino
+from factory.registry import Registry
+from factory.runtime.artifacts import Artifact
+
+Fail = Callable[[str, str], None]
+EXPORTERS: Registry[type] = Registry("exporter")
+# Golden embeddings are re-checked on other machines, where kernels may differ slightly.
+FP32_GOLDEN_MIN_COSINE = 0.9999
+
+
+@dataclass
+class ExportContext:
+    """What an exporter works from: the torch student, where to write and what was exported before it."""
+
+    model: Any  # the torch student in eval mode, with its contract
+    work_dir: Path
+    made: dict[str, Artifact]  # earlier exporters' artifacts in this stage, by name (files relative to work_dir)
+    source: str  # the torch student's artifact name
+
+
+@EXPORTERS.register("onnx")
+@dataclass
+class OnnxExport:
+    """ONNX FP32 with a dynamic batch axis and the contract in its metadata (ONNX Runtime; TensorRT on the target)."""
+
+    kind: str = "onnx"
+    opset: int = 18
+
+    def check(self, fail: Fail) -> None:
+        """The exporter writes opset 18 and converts down; below 13 the graph's ops do not exist."""
+        if not 13 <= self.opset <= 18:
+            fail("opset", f"got {self.opset} (expected 13 to 18)")
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        """Write ``student.onnx``."""
+        export_onnx(ctx.model, ctx.work_dir / "student.onnx", opset=self.opset)
+        return Artifact(
+            "onnx_fp32",
+            ("student.onnx",),
+            "onnxruntime",
+            derived_from=ctx.source,
+            golden_min_cosine=FP32_GOLDEN_MIN_COSINE,
+        )
+
+
+@EXPORTERS.register("openvino")
+@dataclass
+class OpenVINOExport:
+    """OpenVINO IR FP32, converted from the ONNX export (list ``onnx`` before it)."""
+
+    kind: str = "openvino"
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        """Write ``student_fp32.xml/.bin`` from the ONNX artifact."""
+        if "onnx_fp32" not in ctx.made:
+            raise ValueError("export.formats: openvino converts the ONNX export: list {kind: onnx} before it")
+        onnx = ctx.made["onnx_fp32"]
+        convert_to_openvino(ctx.work_dir / onnx.files[0], ctx.work_dir / "student_fp32.xml", ctx.model.contract)
+        return Artifact(
+            "openvino_fp32",
+            ("student_fp32.xml", "student_fp32.bin"),
+            "openvino",
+            derived_from=onnx.name,
+            golden_min_cosine=FP32_GOLDEN_MIN_COSINE,
+            # On AMX/AVX512-BF16 CPUs the plugin runs bf16 unless told otherwise: FP32 means the f32 hint.
+            options={"precision": "f32"},
+        )

@@ -1,0 +1,37 @@
+"""Recipes: typed, strictly validated YAML that describes one build from data to release.
+
+The schema (one dataclass per section) lives in :mod:`factory.recipe.schema`; reading, ``extends``, ``--set``
+overrides and validation with located errors live in :mod:`factory.recipe.loader`.
+"""
+
+from factory.recipe.loader import RecipeError, RecipeIssue, load_recipe
+from factory.recipe.schema import (
+    CompressConfig,
+    DataConfig,
+    DistillConfig,
+    ExportConfig,
+    GatesConfig,
+    Recipe,
+    ReleaseConfig,
+    TeacherConfig,
+    TrainConfig,
+    ValidateConfig,
+    WorldConfig,
+)
+
+__all__ = [
+    "CompressConfig",
+    "DataConfig",
+    "DistillConfig",
+    "ExportConfig",
+    "GatesConfig",
+    "Recipe",
+    "RecipeError",
+    "RecipeIssue",
+    "ReleaseConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "ValidateConfig",
+    "WorldConfig",
+    "load_recipe",
+]

@@ -1,0 +1,111 @@
+"""The teacher stage: train a face-recognition teacher with a margin head, or adopt the recipe's checkpoint.
+
+The built-in world has no pre-trained teacher anywhere, so the build makes one: identity classification on a fixed
+set of procedural identities (disjoint from the benchmark and calibration identities), or on the user's labelled
+files (``teacher.source``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from factory.data.sources import SourceContext
+from factory.data.world.renderer import make_world
+from factory.files import atomic_path, sha256_file
+from factory.models.checkpoint import save_model
+from factory.models.external import load_any_model
+from factory.models.heads import create_head
+from factory.models.zoo import count_params, create_model
+from factory.pipeline.stage import Stage, StageContext, StageResult
+from factory.runtime.artifacts import Artifact
+from factory.train.loop import clear_resume, fit
+from factory.train.tasks import TASKS
+
+TEACHER_FILE = "teacher.pt"
+TEACHER_SPLIT = "teacher"
+
+
+def train_teacher(ctx: StageContext) -> StageResult:
+    """Write ``teacher.pt`` (a factory checkpoint) and return training metrics."""
+    cfg, seed = ctx.config["teacher"], ctx.config["seed"]
+    if cfg.checkpoint:
+        return adopt_teacher(ctx, Path(cfg.checkpoint))
+    torch.manual_seed(seed)
+    model = create_model(cfg.model)
+    where = SourceContext(
+        world=make_world(ctx.config["world"]),
+        batch_size=cfg.train.batch_size,
+        seed=seed,
+        split=TEACHER_SPLIT,
+        labelled=True,
+        size=model.contract.input_size[0],
+        identities_per_group=cfg.identities_per_group,
+    )
+    source = cfg.source.open(where)
+    head = create_head(cfg.head, model.contract.embedding_dim, source.num_classes, scale=cfg.scale, margin=cfg.margin)
+    task = TASKS.get("margin_classification")(head)
+    result = fit(model, task, source, cfg.train, ctx.work_dir, "teacher", ctx.progress)
+    data = cfg.source.describe(where)
+    save_model(
+        ctx.work_dir / TEACHER_FILE,
+        model,
+        extra={"identities": source.num_classes, "data": data, "steps": result.steps},
+    )
+    clear_resume(ctx.work_dir)
+    metrics = {
+        "model": cfg.model,
+        "params": count_params(model),
+        "identities": source.num_classes,
+        "data": data,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "images_per_second": result.images_per_second,
+        "final": result.final_terms,
+        "history": result.history,
+    }
+    return StageResult(metrics, [Artifact("teacher", (TEACHER_FILE,), "torch", reference=True)])
+
+
+def adopt_teacher(ctx: StageContext, source: Path) -> StageResult:
+    """Take the recipe's teacher file instead of training one; its provenance (path, sha256) goes in the metrics.
+
+    Weights of a zoo architecture become a factory checkpoint (strictly loaded, so a mismatch fails here, not
+    mid-distillation); a black-box file is copied as it is, its declared contract recorded in the artifact.
+    """
+    cfg = ctx.config["teacher"]
+    model = load_any_model(source, model=cfg.model, normalization=cfg.normalization)
+    provenance = {"source": str(source), "sha256": sha256_file(source), "model": model.model_name}
+    if hasattr(model, "model_overrides"):
+        save_model(ctx.work_dir / TEACHER_FILE, model, extra=provenance)
+        metrics = {**provenance, "params": count_params(model), "contract": model.contract.to_dict()}
+        return StageResult(metrics, [Artifact("teacher", (TEACHER_FILE,), "torch", reference=True)])
+    copies = [source] + ([source.with_suffix(".bin")] if source.suffix == ".xml" else [])
+    for path in copies:
+        with atomic_path(ctx.work_dir / f"teacher{path.suffix}") as tmp:
+            shutil.copyfile(path, tmp)
+    contract = model.contract.to_dict()
+    files = tuple(f"teacher{p.suffix}" for p in copies)
+    artifact = Artifact("teacher", files, "torch", reference=True, contract=contract)
+    return StageResult({**provenance, "black_box": True, "contract": contract}, [artifact])
+
+
+def _summary(m: dict[str, Any]) -> str:
+    if "source" in m:
+        return f"{m['model']}: checkpoint {m['source']}"
+    return (
+        f"{m['model']} ({m['params'] / 1e6:.2f} M params), {m['steps']} steps on {m['identities']} identities, "
+        f"train acc {m['final'].get('acc', float('nan')):.3f}, {m['images_per_second']:.0f} img/s"
+    )
+
+
+STAGE = Stage(
+    name="teacher",
+    needs=(),
+    config=lambda r: {"teacher": r.teacher, "world": r.data.world, "seed": r.seed},
+    run=train_teacher,
+    summary=_summary,
+)

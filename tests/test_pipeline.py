@@ -1,0 +1,131 @@
+"""The pipeline on toy stages: cache keys, resume from ``.partial``, publish/unpublish, artifacts as records."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from factory.files import write_text
+from factory.pipeline.build import build
+from factory.pipeline.stage import GateFailure, Stage, StageContext, StageResult
+from factory.recipe import Recipe
+from factory.registry import UnknownNameError
+from factory.runtime.artifacts import Artifact
+
+RUNS: list[str] = []
+
+
+def make(ctx: StageContext) -> StageResult:
+    RUNS.append("make")
+    # Reads two settings; only the seed shapes the output, the description is carried along unused.
+    write_text(ctx.work_dir / "model.txt", f"weights for seed {ctx.config['seed']}")
+    return StageResult({"described": ctx.config["description"]}, [Artifact("model", ("model.txt",), "torch")])
+
+
+def derive(ctx: StageContext) -> StageResult:
+    RUNS.append("derive")
+    marker = ctx.work_dir / "progress.txt"
+    if ctx.config["interrupt"] and not marker.exists():
+        write_text(marker, "half done")  # what a training stage's resume checkpoint is
+        raise KeyboardInterrupt
+    source = ctx.artifact("model")
+    write_text(ctx.work_dir / "small.txt", source.path.read_text().upper())
+    resumed = marker.exists()
+    marker.unlink(missing_ok=True)
+    artifact = Artifact("small", ("small.txt",), "onnxruntime", derived_from="model", golden_min_cosine=0.99)
+    return StageResult({"resumed": resumed}, [artifact])
+
+
+def release(ctx: StageContext) -> StageResult:
+    RUNS.append("release")
+    if ctx.config["limit"] > 0.5:
+        raise GateFailure("gate failed: toy", [{"gate": "toy", "passed": False}])
+    names = [b.name for b in ctx.artifacts()]
+    write_text(ctx.work_dir / "bundle.txt", ",".join(names))
+    return StageResult({"artifacts": names})
+
+
+STAGES = (
+    Stage("make", (), lambda r: {"seed": r.seed, "description": r.release.description}, make),
+    Stage("derive", ("make",), lambda r: {"interrupt": r.distill.normalize}, derive),
+    Stage("release", ("make", "derive"), lambda r: {"limit": r.gates.min_accuracy}, release, publishes=True),
+)
+
+
+def recipe(tmp_path: Path, **changes: object) -> Recipe:
+    r = Recipe(name="toy", run_dir=str(tmp_path))
+    r.distill.normalize = False
+    r.gates.min_accuracy = 0.1
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            setattr(getattr(r, section), field, value)
+        else:
+            r = dataclasses.replace(r, **{section: value})
+    return r
+
+
+def run(r: Recipe, **kwargs: object) -> dict[str, bool]:
+    RUNS.clear()
+    result = build(r, echo=lambda line: None, progress=False, stages=STAGES, **kwargs)
+    return {name: out.cached for name, out in result.stages.items()}
+
+
+def test_second_build_is_cached_and_artifacts_flow_as_records(tmp_path: Path) -> None:
+    assert run(recipe(tmp_path)) == {"make": False, "derive": False, "release": False}
+    assert run(recipe(tmp_path)) == {"make": True, "derive": True, "release": True}
+    assert RUNS == []
+    result = build(recipe(tmp_path), echo=lambda line: None, progress=False, stages=STAGES)
+    assert (result.release_dir / "bundle.txt").read_text() == "model,small"
+    (small,) = result.stages["derive"].artifacts
+    assert small.derived_from == "model" and small.shipped
+
+
+def test_a_setting_that_leaves_outputs_identical_reruns_only_its_stage(tmp_path: Path) -> None:
+    run(recipe(tmp_path))
+    assert run(recipe(tmp_path, release__description="other words")) == {
+        "make": False,
+        "derive": True,
+        "release": True,
+    }
+    # A setting that changes the output re-runs everything downstream.
+    assert run(recipe(tmp_path, seed=1)) == {"make": False, "derive": False, "release": False}
+
+
+def test_interrupted_stage_resumes_from_its_partial_directory(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe(tmp_path, distill__normalize=True))
+    assert list((tmp_path / "stages" / "derive").glob("*.partial/progress.txt"))
+    assert not list((tmp_path / "stages" / "derive").glob("*/stage.json"))
+    result = build(recipe(tmp_path, distill__normalize=True), echo=lambda line: None, progress=False, stages=STAGES)
+    assert result.stages["make"].cached and result.stages["derive"].metrics["resumed"] is True
+    assert not list((tmp_path / "stages" / "derive").glob("*.partial"))
+
+
+def test_failed_gate_through_the_library_unpublishes(tmp_path: Path) -> None:
+    run(recipe(tmp_path))
+    assert (tmp_path / "release").is_symlink()
+    with pytest.raises(GateFailure):
+        run(recipe(tmp_path, gates__min_accuracy=0.9))
+    assert not (tmp_path / "release").exists()
+    assert not list((tmp_path / "stages" / "release").glob("*.partial"))
+    run(recipe(tmp_path))  # the passing bundle is still cached and is published again
+    assert (tmp_path / "release" / "bundle.txt").is_file()
+
+
+def test_unknown_stage_names_and_undeclared_files(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'derive'"):
+        run(recipe(tmp_path), force=("derve",))
+
+    def liar(ctx: StageContext) -> StageResult:
+        return StageResult({}, [Artifact("ghost", ("ghost.onnx",), "onnxruntime")])
+
+    with pytest.raises(RuntimeError, match="did not write"):
+        build(recipe(tmp_path), echo=lambda line: None, progress=False, stages=(Stage("liar", (), lambda r: {}, liar),))
+
+
+def test_force_and_until(tmp_path: Path) -> None:
+    run(recipe(tmp_path))
+    assert run(recipe(tmp_path), force=("derive",), until="derive") == {"make": True, "derive": False}
