@@ -15,11 +15,20 @@ DEV := $(VENV)/.installed-dev-$(DEPS_HASH)
 demo: $(BASE)
 	$(VENV)/bin/factory build recipes/tinyfar_synthdistill.yaml
 
+# One pytest process per test module: a single process that had loaded torch, NNCF, OpenVINO and ONNX Runtime
+# objects through ~170 tests was killed by SIGSEGV while waiting for a child process (three runs out of three, never
+# in a smaller set of modules); separate processes also keep memory flat. Exit 5 (all of a module deselected) is ok.
+define run_modules
+	@failed=""; for t in tests/test_*.py; do $(PY) -m pytest $(1) -q $$t; rc=$$?; \
+	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || failed="$$failed $$t"; done; \
+	if [ -n "$$failed" ]; then echo "FAILED modules:$$failed"; exit 1; fi
+endef
+
 test: $(DEV)
-	$(PY) -m pytest -m "not slow and not gpu and not tensorrt" -q
+	$(call run_modules,-m "not slow and not gpu and not tensorrt")
 
 test-all: $(DEV)
-	$(PY) -m pytest -q
+	$(call run_modules,)
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check factory tests benchmarks deploy
