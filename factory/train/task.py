@@ -56,7 +56,7 @@ class Task(Protocol):
 class ModuleTask:
     """Defaults for a task whose state is the modules in :attr:`modules` (the trainable ones are resumed)."""
 
-    modules: dict[str, nn.Module] = {}
+    modules: dict[str, nn.Module]  # set by each task's __init__
     trainable: tuple[str, ...] = ()  # names in ``modules`` whose parameters are optimised with the model
 
     def parameters(self) -> list[nn.Parameter]:
