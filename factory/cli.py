@@ -1,11 +1,11 @@
 """The ``factory`` command: parses arguments, calls library functions, prints. No logic lives here.
 
-Exit codes: 0 success; 1 a release gate failed; 2 bad input (recipe, file, name); 130 interrupted (run the same
-command again to resume).
+Exit codes (also in ``factory --help`` and the README): see :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -14,29 +14,58 @@ from typing import Any
 
 import click
 
+from factory.pipeline.lock import RunDirBusy
 from factory.recipe import RecipeError, load_recipe
+from factory.recipe.schema import usable_cpus
 from factory.registry import UnknownNameError
 
-EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPT = 1, 2, 130
+EXIT_GATE, EXIT_INPUT, EXIT_MACHINE, EXIT_INTERRUPT = 1, 2, 3, 130
+EXIT_CODES = f"""\b
+Exit codes:
+  0    success
+  {EXIT_GATE}    a release gate failed: no new release; the last good one stays
+  {EXIT_INPUT}    bad input (recipe, file, option, a NaN loss) or the run directory is busy with another build
+  {EXIT_MACHINE}    the machine: cannot write (read-only, disk full, permission); finished stages are cached
+  {EXIT_INTERRUPT}  interrupted: run the same command again to resume"""
+
+# Errors of the machine rather than of the input: the same command works once the disk or the permissions do.
+MACHINE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
 
 SET_HELP = "Override a recipe value, e.g. --set distill.train.steps=200 (repeatable)."
 
 
+THREADS = click.IntRange(1, usable_cpus())
+RUNTIME_THREADS = min(2, usable_cpus())
+BATCH = click.IntRange(1, 4096)
+
+
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's precise exceptions into one-line messages and documented exit codes."""
+    """Turn the library's precise exceptions into one-line messages and the documented exit codes."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except RecipeError as e:
-            for issue in e.issues:
-                click.echo(str(issue), err=True)
+            click.echo(str(e), err=True)  # one located line per problem
             sys.exit(EXIT_INPUT)
         except UnknownNameError as e:
             click.echo(f"error: {e.message}", err=True)
             sys.exit(EXIT_INPUT)
-        except (FileNotFoundError, IsADirectoryError, ValueError) as e:
+        except RunDirBusy as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_INPUT)
+        except OSError as e:
+            if e.errno not in MACHINE_ERRNOS:
+                # Not found, a folder for a file, ...: the input is wrong.
+                click.echo(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", err=True)
+                sys.exit(EXIT_INPUT)
+            verb = "write" if e.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) else "access"
+            where = f" {e.filename}" if e.filename else ""
+            cached = "; finished stages are cached" if fn.__name__ == "build" else ""
+            click.echo(f"error: cannot {verb}{where}: {e.strerror}{cached}", err=True)
+            sys.exit(EXIT_MACHINE)
+        except ValueError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_INPUT)
         except KeyboardInterrupt:
@@ -44,6 +73,19 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERRUPT)
 
     return wrapper
+
+
+def _given(name: str) -> bool:
+    """Whether option ``name`` was typed on the command line (not left at its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _refuse_ignored(flags: dict[str, str], reason: str) -> None:
+    """Options (parameter name -> flag) that would be silently ignored are an error instead."""
+    for name, flag in flags.items():
+        if _given(name):
+            raise click.UsageError(f"{flag} {reason}")
 
 
 def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,7 +115,7 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}, epilog=EXIT_CODES)
 @click.version_option(package_name="factory")
 def main() -> None:
     """Edge-deployment model factory for fair face recognition.
@@ -84,20 +126,28 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--force", multiple=True, metavar="STAGE", help="Re-run this stage even if it is cached (repeatable).")
 @click.option("--until", metavar="STAGE", help="Stop after this stage.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal).")
+@click.option("--wait", is_flag=True, help="If another build holds this run directory, wait for it instead of exiting.")
 @_friendly
 def build(
-    recipe: Path, overrides: tuple[str, ...], force: tuple[str, ...], until: str | None, progress: bool | None
+    recipe: Path,
+    overrides: tuple[str, ...],
+    force: tuple[str, ...],
+    until: str | None,
+    progress: bool | None,
+    wait: bool,
 ) -> None:
     """Run RECIPE end to end; print one line per stage, the gate table and, last, the release directory.
 
     Stages: data, teacher, distill, export, compress, validate, release. A stage whose settings, inputs and code
-    are unchanged is skipped ("cached"). An interrupted build resumes where it stopped.
+    are unchanged is skipped ("cached"). An interrupted build resumes where it stopped. One build runs per run
+    directory at a time. A failed gate writes no release: <run_dir>/release keeps naming the last bundle that
+    passed, and <run_dir>/release.failed.json records what failed.
     """
     from factory.evaluate.tables import accuracy_table
     from factory.pipeline.build import build as run_build
@@ -107,13 +157,17 @@ def build(
     parsed = load_recipe(recipe, list(overrides))
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        result = run_build(parsed, force=force, until=until, progress=show)
-    except GateFailure as failure:  # the library has already withdrawn the release pointer
+        result = run_build(parsed, force=force, until=until, progress=show, wait=wait)
+    except GateFailure as failure:
         if failure.validation is not None:
             click.echo("\n" + accuracy_table(failure.validation) + "\n")
         click.echo(format_gate_table([GateResult(**g) for g in failure.gates]))
         click.echo(str(failure), err=True)
-        click.echo("no release written: fix the model or relax the gate in the recipe.", err=True)
+        click.echo(f"no new release written; the failure is recorded in {failure.record}", err=True)
+        if failure.kept_release is not None:
+            click.echo(f"the last good release remains: {failure.kept_release}", err=True)
+        else:
+            click.echo("no earlier release of this run directory exists", err=True)
         sys.exit(EXIT_GATE)
     if "validate" in result.stages:
         click.echo("\n" + accuracy_table(result.stages["validate"].metrics))
@@ -121,6 +175,36 @@ def build(
         gates = result.stages["release"].metrics["gates"]
         click.echo("\n" + format_gate_table([GateResult(**g) for g in gates]) + "\n")
         click.echo(str(result.release_dir.resolve()))
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--wait", is_flag=True, help="If a build holds the run directory, wait for it instead of exiting.")
+@_friendly
+def clean(recipe: Path, overrides: tuple[str, ...], dry_run: bool, wait: bool) -> None:
+    """Free the space RECIPE's run directory spends on things its next build would not use.
+
+    Removes stage results and .partial folders of other settings (older recipes, other --set values), folders of
+    stages that no longer exist and leftovers of interrupted writes. Keeps what the next build uses (including
+    resumable .partial folders) and the bundle <run_dir>/release names.
+    """
+    from factory.pipeline.clean import clean as run_clean
+
+    result = run_clean(load_recipe(recipe, list(overrides)), dry_run=dry_run, wait=wait)
+    for path in result.removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{result.run_dir}: {verb} {_human_bytes(result.freed_bytes)} ({len(result.removed)} entries)")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 @main.command()
@@ -155,8 +239,12 @@ def data() -> None:
     show_default=True,
     help="Folder for procedural previews; for a dataset SOURCE, the grid's .png file.",
 )
-@click.option("--identities", default=8, show_default=True, help="Rows per grid (one identity per row).")
-@click.option("--samples", default=6, show_default=True, help="Columns per grid (images of that identity).")
+@click.option(
+    "--identities", default=8, show_default=True, type=click.IntRange(1, 256), help="Rows per grid (one per identity)."
+)
+@click.option(
+    "--samples", default=6, show_default=True, type=click.IntRange(1, 256), help="Columns per grid (images of each)."
+)
 @_friendly
 def preview(source: Path | None, out: Path, identities: int, samples: int) -> None:
     """Look at data: a PNG grid per group of the procedural world, or of a dataset.
@@ -182,7 +270,9 @@ def preview(source: Path | None, out: Path, identities: int, samples: int) -> No
 @data.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--sample", default=8, show_default=True, help="How many images to decode as a check.")
+@click.option(
+    "--sample", default=8, show_default=True, type=click.IntRange(0), help="How many images to decode as a check."
+)
 @_friendly
 def inspect(path: Path, as_json: bool, sample: int) -> None:
     """Identify a dataset, count it and decode a sample of its images.
@@ -213,7 +303,8 @@ def convert(src: Path, target: str, out: Path) -> None:
     """Convert SRC to another format at OUT, copying encoded image bytes unchanged.
 
     imagefolder: OUT/<identity>/<key>.<ext>; recordio: an insightface pack OUT (.rec, .idx, property); bin: OUT
-    (.bin) or OUT/<set>_test.bin per RFW race; rfw: an RFW tree in the empty folder OUT.
+    (.bin) or OUT/<set>_test.bin per RFW race; rfw: an RFW tree in OUT. A folder OUT must be empty or new and
+    a file OUT must not exist: nothing is overwritten.
     """
     from factory.data.formats.convert import convert_data
 
@@ -229,7 +320,7 @@ def convert(src: Path, target: str, out: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="identity,group file for sources without group folders.",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the mix as a path,identity,group CSV."
 )
@@ -259,9 +350,11 @@ def mix(sources: tuple[str, ...], mapping: Path | None, seed: int, out: Path | N
 @click.option("--flip/--no-flip", default=True, show_default=True, help="insightface flip fusion.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full evaluation as JSON.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), help="Write DET, histogram, accuracy PNGs.")
-@click.option("--bootstrap", default=1000, show_default=True, help="Subject-level bootstrap replicates.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", default=2, show_default=True)
+@click.option(
+    "--bootstrap", default=1000, show_default=True, type=click.IntRange(1), help="Subject-level bootstrap replicates."
+)
+@click.option("--batch-size", default=64, show_default=True, type=BATCH)
+@click.option("--threads", default=RUNTIME_THREADS, show_default=True, type=THREADS, help="CPU threads of the runtime.")
 @_friendly
 def eval_command(
     benchmark: Path | None,
@@ -288,10 +381,23 @@ def eval_command(
     from factory.evaluate.evaluate_cli import benchmark_from_embeddings, embed_benchmark, evaluate_and_plot
 
     if embeddings is not None:
+        if benchmark is not None:
+            raise click.UsageError("give BENCHMARK with a model, or --embeddings FILE (which holds its own pairs)")
+        ignored = {
+            "model_name": "--model",
+            "weights": "--weights",
+            "artifact": "--artifact",
+            "normalization": "--normalization",
+            "flip": "--flip/--no-flip",
+            "batch_size": "--batch-size",
+            "threads": "--threads",
+        }
+        _refuse_ignored(ignored, "has no effect with --embeddings (the embeddings are already computed)")
         vectors, bench = benchmark_from_embeddings(embeddings)
     else:
         if benchmark is None or (model_name is None) == (artifact is None):
             raise click.UsageError("give BENCHMARK and exactly one of --model/--artifact, or --embeddings FILE")
+        _refuse_ignored({"weights": "--weights"} if artifact is not None else {}, "belongs to --model, not --artifact")
         from factory.data.formats.benchmarks import load_benchmark
         from factory.models.external import model_runner
 
@@ -358,8 +464,8 @@ def models_info(name: str, as_json: bool) -> None:
 @_model_options
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output .npz.")
 @click.option("--flip", is_flag=True, help="Fuse each embedding with its mirrored image's (insightface).")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", default=2, show_default=True, help="CPU threads of the runtime.")
+@click.option("--batch-size", default=64, show_default=True, type=BATCH)
+@click.option("--threads", default=RUNTIME_THREADS, show_default=True, type=THREADS, help="CPU threads of the runtime.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
 @_friendly
 def embed(
@@ -385,6 +491,7 @@ def embed(
 
     if (model_name is None) == (artifact is None):
         raise click.UsageError("give exactly one of --model NAME [--weights FILE] or --artifact FILE")
+    _refuse_ignored({"weights": "--weights"} if artifact is not None else {}, "belongs to --model, not --artifact")
     runner = model_runner(model_name, weights, artifact, normalization, threads)
     paths = list_images(inputs)
     show = sys.stderr.isatty() if progress is None else progress
@@ -400,7 +507,7 @@ def release() -> None:
 
 @release.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--threads", default=1, show_default=True, help="CPU threads of each runtime.")
+@click.option("--threads", default=1, show_default=True, type=THREADS, help="CPU threads of each runtime.")
 def release_verify(directory: Path, threads: int) -> None:
     """Check a release's checksums and golden embeddings (exit 0 all ok, 1 any failure, 2 no readable manifest).
 

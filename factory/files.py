@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +32,19 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if not isinstance(e, OSError) and _disk_full(target.parent):
+            # Writers such as torch.save report a full disk as their own RuntimeError without the path.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from e
         raise
+
+
+def _disk_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < 1 << 20
+    except OSError:
+        return False
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:

@@ -10,6 +10,30 @@ import torch
 from PIL import Image
 from torch import nn
 
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = ROOT / "recipes" / "tinyfar_synthdistill.yaml"
+# The demo recipe shrunk to seconds: the mechanism end to end, not the quality (the demo checks that).
+TINY_BUILD = [
+    "data.benchmark_pairs_per_group=40",
+    "data.calibration_images=32",
+    "data.preview_identities=2",
+    "data.preview_samples=2",
+    "teacher.identities_per_group=4",
+    "teacher.train.steps=12",
+    "teacher.train.batch_size=16",
+    "teacher.train.warmup_steps=2",
+    "distill.train.steps=12",
+    "distill.train.batch_size=16",
+    "distill.train.checkpoint_every=4",
+    "validate.latency_warmup=2",
+    "validate.latency_repeats=5",
+    # A dozen steps cannot make a good model: these gates check the mechanism, the demo checks the quality.
+    "gates.min_accuracy=0.3",
+    "gates.max_std=0.5",
+    "gates.max_int8_drop=0.5",
+    "gates.max_latency_ms=1000",
+]
+
 
 def randomise_stats(model: nn.Module, seed: int = 0, prelu_max: float = 0.5) -> None:
     """Non-trivial BatchNorm statistics and PReLU slopes, as after training (fresh ones make BN an identity)."""

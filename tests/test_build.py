@@ -15,33 +15,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import procedural_bin
+from helpers import DEMO_RECIPE, ROOT, TINY_BUILD, procedural_bin
 
 from factory.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "tinyfar_synthdistill.yaml"
+RECIPE, TINY = DEMO_RECIPE, TINY_BUILD
 STAGES = ["data", "teacher", "distill", "export", "compress", "validate", "release"]
-TINY = [
-    "data.benchmark_pairs_per_group=40",
-    "data.calibration_images=32",
-    "data.preview_identities=2",
-    "data.preview_samples=2",
-    "teacher.identities_per_group=4",
-    "teacher.train.steps=12",
-    "teacher.train.batch_size=16",
-    "teacher.train.warmup_steps=2",
-    "distill.train.steps=12",
-    "distill.train.batch_size=16",
-    "distill.train.checkpoint_every=4",
-    "validate.latency_warmup=2",
-    "validate.latency_repeats=5",
-    # A dozen steps cannot make a good model: these gates check the mechanism, the demo checks the quality.
-    "gates.min_accuracy=0.3",
-    "gates.max_std=0.5",
-    "gates.max_int8_drop=0.5",
-    "gates.max_latency_ms=1000",
-]
 RELEASE_FILES = {
     "fairness.png",
     "golden_input.npy",
@@ -177,14 +156,22 @@ def test_force_reruns_a_stage(first_build: tuple[Path, int, list[str]]) -> None:
     assert stage_states(result.output.splitlines()) == {"data": "ran"}
 
 
-def test_failed_gate_writes_no_release(first_build: tuple[Path, int, list[str]]) -> None:
+def test_failed_gate_writes_no_release_and_keeps_the_last_good_one(first_build: tuple[Path, int, list[str]]) -> None:
     run_dir = first_build[0]
+    good = (run_dir / "release").resolve()
     code, lines = build(run_dir, "gates.min_accuracy=0.9999")
     assert code == 1
     text = "\n".join(lines)
     assert "gate failed: torch_fp32 mean accuracy" in text and "(limit >= 0.9999)" in text
-    assert "no release written" in text
-    assert not (run_dir / "release").exists()
+    assert lines[-2:] == [
+        f"no new release written; the failure is recorded in {run_dir / 'release.failed.json'}",
+        f"the last good release remains: {good}",
+    ]
+    assert (run_dir / "release").resolve() == good
+    record = json.loads((run_dir / "release.failed.json").read_text())
+    assert record["recipe"]["gates"]["min_accuracy"] == 0.9999
+    assert {g["gate"] for g in record["failed"]} == {"mean accuracy"}
+    assert "min_accuracy: 0.3" in (run_dir / "recipe.resolved.yaml").read_text()  # the recipe of the release
     assert not list((run_dir / "stages" / "release").glob("*.partial/manifest.json"))
 
 

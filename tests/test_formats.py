@@ -289,7 +289,7 @@ def test_data_cli_inspect_convert_preview(faces: list[bytes], tmp_path: Path) ->
     (tmp_path / "broken" / "id0").mkdir()
     (tmp_path / "broken" / "id0" / "x.png").write_bytes(b"not an image")
     result = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "broken")])
-    assert result.exit_code == 2 and "x.png: cannot identify image file" in result.output
+    assert result.exit_code == 2 and "x.png: cannot decode image (cannot identify image file" in result.output
 
 
 MXNET_PACK = Path(__file__).parent / "fixtures" / "mxnet_pack"  # written by MXNet 1.9.1: make_mxnet_pack.py

@@ -74,7 +74,7 @@ def test_safetensors_and_wrapped_state_dicts(mbf, x, tmp_path: Path) -> None:
         with torch.no_grad():
             assert torch.equal(loaded(x), mbf(x)), name
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(ValueError, match="bad.safetensors is not a readable safetensors file"):
+    with pytest.raises(ValueError, match="bad.safetensors: not a readable safetensors file"):
         read_state_dict(tmp_path / "bad.safetensors")
 
 

@@ -1,14 +1,21 @@
-"""The pipeline on toy stages: cache keys, resume from ``.partial``, publish/unpublish, artifacts as records."""
+"""The pipeline on toy stages: cache keys, resume from ``.partial``, publishing and failed gates, one build per run
+directory, clean, artifacts as records."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from factory.files import write_text
 from factory.pipeline.build import build
+from factory.pipeline.clean import clean, reachable_keys
+from factory.pipeline.lock import RunDirBusy
 from factory.pipeline.stage import GateFailure, Stage, StageContext, StageResult
 from factory.recipe import Recipe
 from factory.registry import UnknownNameError
@@ -104,15 +111,83 @@ def test_interrupted_stage_resumes_from_its_partial_directory(tmp_path: Path) ->
     assert not list((tmp_path / "stages" / "derive").glob("*.partial"))
 
 
-def test_failed_gate_through_the_library_unpublishes(tmp_path: Path) -> None:
+def test_failed_gate_keeps_the_last_good_release_and_records_the_failure(tmp_path: Path) -> None:
     run(recipe(tmp_path))
-    assert (tmp_path / "release").is_symlink()
-    with pytest.raises(GateFailure):
+    good = (tmp_path / "release").resolve()
+    resolved = (tmp_path / "recipe.resolved.yaml").read_text()
+    with pytest.raises(GateFailure) as failed:
         run(recipe(tmp_path, gates__min_accuracy=0.9))
-    assert not (tmp_path / "release").exists()
+    assert (tmp_path / "release").resolve() == good and (good / "bundle.txt").is_file()
+    assert failed.value.kept_release == good
+    record = json.loads((tmp_path / "release.failed.json").read_text())
+    assert record["failed"] == [{"gate": "toy", "passed": False}]
+    assert record["recipe"]["gates"]["min_accuracy"] == 0.9 and record["kept_release"] == os.path.relpath(
+        good, tmp_path
+    )
+    assert (tmp_path / "recipe.resolved.yaml").read_text() == resolved  # still the recipe of the release
     assert not list((tmp_path / "stages" / "release").glob("*.partial"))
-    run(recipe(tmp_path))  # the passing bundle is still cached and is published again
-    assert (tmp_path / "release" / "bundle.txt").is_file()
+    run(recipe(tmp_path, seed=3))  # a passing build publishes and clears the failure record
+    assert (tmp_path / "release").resolve() != good and not (tmp_path / "release.failed.json").exists()
+    assert "seed: 3" in (tmp_path / "recipe.resolved.yaml").read_text()
+
+
+def test_failed_gate_without_an_earlier_release_says_so(tmp_path: Path) -> None:
+    with pytest.raises(GateFailure) as failed:
+        run(recipe(tmp_path, gates__min_accuracy=0.9))
+    assert failed.value.kept_release is None and not (tmp_path / "release").exists()
+    assert not (tmp_path / "recipe.resolved.yaml").exists()
+
+
+def test_builds_of_one_run_dir_take_turns(tmp_path: Path) -> None:
+    holder = _hold_lock(tmp_path)
+    try:
+        with pytest.raises(RunDirBusy, match=f"pid {holder.pid} "):
+            run(recipe(tmp_path))
+        assert not (tmp_path / "stages").exists()  # refused before any work
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(recipe(tmp_path)) == {"make": False, "derive": False, "release": False}  # the kernel freed the lock
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen[str]:
+    """Another process that holds ``run_dir``'s build lock until killed (as a running build would)."""
+    code = (
+        "import sys, time; from pathlib import Path; from factory.pipeline.lock import run_dir_lock\n"
+        "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_clean_keeps_what_the_next_build_uses(tmp_path: Path) -> None:
+    run(recipe(tmp_path))
+    good = (tmp_path / "release").resolve()
+    run(recipe(tmp_path, seed=1))  # another setting: its own keys, and now the release
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe(tmp_path, seed=2, distill__normalize=True))  # leaves a resumable .partial of seed 2
+    (tmp_path / "stages" / "gone").mkdir()  # a stage the pipeline no longer has
+    current = recipe(tmp_path, seed=2, distill__normalize=True)
+    keys = reachable_keys(current, STAGES)
+    leftover = tmp_path / "stages" / "make" / keys["make"] / ".model.txt.x1.partial"  # a killed atomic write
+    leftover.write_text("half a file")
+    before = _entries(tmp_path)
+    dry = clean(current, STAGES, dry_run=True)
+    assert _entries(tmp_path) == before and dry.removed
+    done = clean(current, STAGES)
+    assert done.removed == dry.removed and done.freed_bytes == dry.freed_bytes > 0
+    after = _entries(tmp_path)
+    assert after["make"] == {keys["make"]} and after["derive"] == {keys["derive"] + ".partial"}
+    release_of_seed_1 = (tmp_path / "release").resolve()
+    assert release_of_seed_1 != good and after["release"] == {release_of_seed_1.name}
+    assert "gone" not in after and not leftover.exists()
+    result = build(current, echo=lambda line: None, progress=False, stages=STAGES)  # resumes the kept .partial
+    assert result.stages["make"].cached and result.stages["derive"].metrics["resumed"] is True
+
+
+def _entries(run_dir: Path) -> dict[str, set[str]]:
+    return {d.name: {e.name for e in d.iterdir()} for d in (run_dir / "stages").iterdir()}
 
 
 def test_unknown_stage_names_and_undeclared_files(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_overrides(tmp_path: Path) -> None:
     assert recipe.distill.train.steps == 20 and recipe.gates.max_latency_ms is None
     assert recipe.release.version == "2.0"
     (issue,) = issues_of(path, ["distill.train.stepz=5"])
-    assert issue.startswith("--set:0: distill.train.stepz: unknown key (did you mean 'steps'?")
+    assert issue.startswith("--set distill.train.stepz=5: distill.train.stepz: unknown key (did you mean 'steps'?")
 
 
 def test_missing_file_and_unknown_model(tmp_path: Path) -> None:
@@ -233,11 +233,13 @@ def test_set_into_lists(tmp_path: Path, shelf: None) -> None:
     recipe = load_recipe(write(tmp_path, "d.yaml", "seed: 1\n"), ["items.0.pages=50"])
     assert recipe.items == [Book(title="Dune", pages=50)]
     assert issues_of(path, ["items.3.title=x", "rows.0.label=y", "items.kind=lamp"]) == [
-        "--set:0: items.3: index 3 out of range (list has 2 items)",
-        "--set:0: rows.0: index 0 out of range (list has 0 items)",
-        "--set:0: items.kind: expected a list index, got 'kind' (list has 2 items)",
+        "--set items.3.title=x: items.3: index 3 out of range (list has 2 items)",
+        "--set rows.0.label=y: rows.0: index 0 out of range (list has 0 items)",
+        "--set items.kind=lamp: items.kind: expected a list index, got 'kind' (list has 2 items)",
     ]
-    assert issues_of(path, ["items.0.pages=many"]) == ["--set:0: items.0.pages: got str 'many' (expected an integer)"]
+    assert issues_of(path, ["items.0.pages=many"]) == [
+        "--set items.0.pages=many: items.0.pages: got str 'many' (expected an integer)"
+    ]
 
 
 def test_set_whole_lists_and_union_mappings(tmp_path: Path, shelf: None) -> None:
@@ -247,8 +249,8 @@ def test_set_whole_lists_and_union_mappings(tmp_path: Path, shelf: None) -> None
     )
     assert recipe.items == [Lamp(), Book(title="Emma")] and recipe.spare == Lamp(watts=3.0) and recipe.rows == []
     assert issues_of(path, ["spare.watts=3", "items=[{kind: lamp, watts: x}]"]) == [
-        "--set:0: items.0.watts: got str 'x' (expected a number)",
-        f"--set:0: spare: missing 'kind' (expected one of: {TOY_KINDS})",
+        "--set items=[{kind: lamp, watts: x}]: items.0.watts: got str 'x' (expected a number)",
+        f"--set spare.watts=3: spare: missing 'kind' (expected one of: {TOY_KINDS})",
     ]
 
 

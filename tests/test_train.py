@@ -33,6 +33,15 @@ def test_nan_loss_stops_with_a_fix(tmp_path: Path) -> None:
         fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
 
 
+def test_a_damaged_resume_checkpoint_is_named(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=4, batch_size=8, optimizer="sgd", lr=0.01, checkpoint_every=2)
+    fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
+    resume = tmp_path / RESUME_FILE
+    resume.write_bytes(resume.read_bytes()[:-100])  # cut by something outside the factory
+    with pytest.raises(ValueError, match=f"{resume} is not a loadable checkpoint: truncated.*delete it to start"):
+        fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     for part in ("model", "task", "source"):
         assert a[part].keys() == b[part].keys(), part

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from factory.data.formats.npz import read_npz
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import identity_set
@@ -85,23 +86,22 @@ class PairBenchmark:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: benchmark file not found (expected a .npz written by `factory build`)")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                missing = [k for k in _ARRAYS if k not in data]
-                if missing:
-                    raise BenchmarkFormatError(f"{path}: missing arrays {missing} (expected {list(_ARRAYS)})")
-                return cls(
-                    images=data["images"],
-                    issame=data["issame"].astype(bool),
-                    groups=data["groups"],
-                    subjects=data["subjects"],
-                    group_names=tuple(str(g) for g in data["group_names"]),
-                )
+            data = read_npz(path, f"a pair benchmark: arrays {', '.join(_ARRAYS)}")
+        except ValueError as exc:
+            raise BenchmarkFormatError(str(exc)) from None
+        missing = [k for k in _ARRAYS if k not in data]
+        if missing:
+            raise BenchmarkFormatError(f"{path}: missing arrays {missing} (expected {list(_ARRAYS)})")
+        try:
+            return cls(
+                images=data["images"],
+                issame=data["issame"].astype(bool),
+                groups=data["groups"],
+                subjects=data["subjects"],
+                group_names=tuple(str(g) for g in data["group_names"]),
+            )
         except BenchmarkFormatError as exc:
-            if str(path) in str(exc):
-                raise
             raise BenchmarkFormatError(f"{path}: {exc}") from None
-        except (ValueError, OSError) as exc:
-            raise BenchmarkFormatError(f"{path}: not a readable benchmark .npz ({exc})") from exc
 
 
 def pair_layout(pairs_per_group: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -182,11 +182,14 @@ class CrossGroupImpostors:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CrossGroupImpostors:
         """Read a file written by :meth:`save`; never unpickles."""
+        expected = "cross-group impostors: arrays images, cells, group_names"
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return cls(data["images"], data["cells"], tuple(str(g) for g in data["group_names"]))
-        except (KeyError, ValueError, OSError) as e:
-            raise BenchmarkFormatError(f"{path}: not a cross-group impostor file ({e})") from None
+            data = read_npz(path, expected)
+            return cls(data["images"], data["cells"], tuple(str(g) for g in data["group_names"]))
+        except KeyError as e:
+            raise BenchmarkFormatError(f"{path}: missing array {e} (expected {expected})") from None
+        except ValueError as e:
+            raise BenchmarkFormatError(str(e)) from None
 
 
 def build_cross_impostors(

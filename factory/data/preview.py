@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from factory.data.images import read_rgb
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import identity_set
@@ -71,8 +72,6 @@ def write_previews(
 
 def write_dataset_preview(source: str | os.PathLike[str], path: str | os.PathLike[str], per_row: int = 6) -> Path:
     """One PNG grid of a dataset: a row per group with its first ``per_row`` images, shown at 112×112."""
-    import io
-
     from factory.data.formats.convert import sample_images
 
     rows = sample_images(source, per_row)
@@ -80,9 +79,9 @@ def write_dataset_preview(source: str | os.PathLike[str], path: str | os.PathLik
     for images in rows.values():
         for k in range(per_row):
             if k < len(images):
-                data = images[k]
-                with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-                    tile = np.asarray(img.convert("RGB").resize((112, 112), Image.Resampling.BILINEAR))
+                where, data = images[k]
+                rgb = Image.fromarray(read_rgb(data, where))
+                tile = np.asarray(rgb.resize((112, 112), Image.Resampling.BILINEAR))
             else:
                 tile = np.full((112, 112, 3), 255, np.uint8)
             tiles.append(tile.transpose(2, 0, 1))

@@ -30,6 +30,7 @@ from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
+from factory.recipe.schema import between
 from factory.registry import Registry
 
 Fail = Callable[[str, str], None]  # (relative key, message): how a section reports a problem at its recipe line
@@ -140,7 +141,9 @@ class StyleGANSourceConfig:
     pickle: str | None = field(default=None, metadata={"path": True})  # network-snapshot .pkl
     code_dir: str | None = field(default=None, metadata={"path": True})  # the user's stylegan2-ada-pytorch clone
     trust_pickle: bool = False  # the pickle runs code when loaded: the user must say they trust it
-    truncation_psi: float = 1.0
+    # 1 samples the whole latent distribution, smaller pulls towards the average face (0 renders that one face for
+    # every latent: nothing to distill on); above 1 extrapolates away from it, into artefacts.
+    truncation_psi: float = field(default=1.0, metadata=between(gt=0, le=1))
 
     def check(self, fail: Fail) -> None:
         """Both files are needed, and loading must be explicitly trusted."""
@@ -171,16 +174,16 @@ class MixSourceConfig:
 
     kind: str = "mix"
     sources: list[Any] = field(default_factory=list, metadata={"union": "source"})
-    weights: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list, metadata=between(ge=0))  # 0 leaves a source out
 
     def check(self, fail: Fail) -> None:
-        """One positive weight per source."""
+        """One weight per source, and some weight to share the batch by (each weight's range is the schema's)."""
         if not self.sources:
             fail("sources", "empty (expected a list of sources)")
         if len(self.weights) != len(self.sources):
             fail("weights", f"{len(self.weights)} weights for {len(self.sources)} sources (expected one per source)")
-        if any(w <= 0 for w in self.weights):
-            fail("weights", "expected positive numbers")
+        elif self.weights and all(w >= 0 for w in self.weights) and sum(self.weights) <= 0:
+            fail("weights", "all 0 (expected at least one weight > 0: the shares of the batch are weight / sum)")
 
     def open(self, ctx: SourceContext) -> Any:
         """Open every part with its share of the batch."""

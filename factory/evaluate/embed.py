@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from factory.data.formats.text import read_lines
 from factory.data.images import IMAGE_SUFFIXES, decode_aligned, image_files
 from factory.evaluate.benchmark_eval import embed_images
 from factory.files import atomic_path
@@ -32,7 +33,7 @@ def list_images(sources: Iterable[str | os.PathLike[str]]) -> list[Path]:
         elif source.suffix.lower() in (".txt", ".lst"):
             if not source.is_file():
                 raise FileNotFoundError(f"{source}: no such image list")
-            for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(read_lines(source, "one image path a line"), 1):
                 entry = line.strip()
                 if entry and not entry.startswith("#"):
                     path = (source.parent / entry) if not Path(entry).is_absolute() else Path(entry)

@@ -9,12 +9,13 @@ before anything downstream sees it. A new format is one more registered class, i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from factory.export.onnx import export_onnx
 from factory.export.openvino import convert_to_openvino
+from factory.recipe.schema import between
 from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
 
@@ -34,18 +35,35 @@ class ExportContext:
     source: str  # the torch student's artifact name
 
 
+def writable_opsets() -> tuple[int, int]:
+    """The ONNX opsets that the installed torch's exporter (``dynamo=True``) writes: ``(lowest, highest)``.
+
+    The lowest is the opset its op library is written in: below it torch tries a version conversion, which fails
+    for our models (torch 2.14 writes 18 and export_onnx refuses the mismatch). The highest is the newest opset torch
+    declares. Both are private constants, read when a recipe is checked so that a torch upgrade moves the range.
+    """
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+        from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+    except ImportError:  # the constants moved: only the opset this code was verified with is known to work
+        return 18, 18
+    return int(TORCHLIB_OPSET), int(ONNX_MAX_OPSET)
+
+
 @EXPORTERS.register("onnx")
 @dataclass
 class OnnxExport:
     """ONNX FP32 with a dynamic batch axis and the contract in its metadata (ONNX Runtime; TensorRT on the target)."""
 
     kind: str = "onnx"
-    opset: int = 18
-
-    def check(self, fail: Fail) -> None:
-        """The exporter writes opset 18 and converts down; below 13 the graph's ops do not exist."""
-        if not 13 <= self.opset <= 18:
-            fail("opset", f"got {self.opset} (expected 13 to 18)")
+    opset: int = field(
+        default=18,
+        metadata=between(
+            ge=lambda: writable_opsets()[0],
+            le=lambda: writable_opsets()[1],
+            note="the opsets torch's ONNX exporter writes",
+        ),
+    )
 
     def export(self, ctx: ExportContext) -> Artifact:
         """Write ``student.onnx``."""

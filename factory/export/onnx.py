@@ -29,7 +29,13 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from factory.files import write_bytes
-from factory.runtime.contract import CONTRACT_KEY, MODEL_NAME_KEY, MissingContractError, ModelContract
+from factory.runtime.contract import (
+    CONTRACT_KEY,
+    MODEL_NAME_KEY,
+    MissingContractError,
+    ModelContract,
+    contract_from_json,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -101,21 +107,30 @@ def read_onnx_contract(path: str | os.PathLike[str]) -> ModelContract:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such ONNX file")
-    # Weights are not needed to read metadata; skipping external data keeps this cheap for big models.
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    props = _metadata(path)
     if CONTRACT_KEY not in props:
         raise MissingContractError(
             f"{path} has no {CONTRACT_KEY!r} metadata, so its input contract is unknown: "
             "export it with factory.export.onnx.export_onnx (or pass the contract explicitly)"
         )
-    return ModelContract.from_json(props[CONTRACT_KEY])
+    return contract_from_json(props[CONTRACT_KEY], f"{path}: metadata {CONTRACT_KEY!r}")
 
 
 def read_onnx_model_name(path: str | os.PathLike[str]) -> str:
     """Read the model name stored in an ONNX file by :func:`export_onnx` (empty if absent)."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}.get(MODEL_NAME_KEY, "")
+    return _metadata(Path(path)).get(MODEL_NAME_KEY, "")
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file; a file that does not parse is an error naming it."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        # Weights are not needed to read metadata; skipping external data keeps this cheap for big models.
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as e:
+        raise ValueError(f"{path}: corrupt or not an ONNX model ({e}) (expected an ONNX model (.onnx))") from None
+    return {p.key: p.value for p in model.metadata_props}
 
 
 def rewrite_prelu_for_ort(model: onnx.ModelProto) -> int:

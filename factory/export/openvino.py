@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.runtime.contract import RT_INFO_MODEL_NAME, ModelContract, get_contract, set_contract
+from factory.runtime.runners import openvino_read_error
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -69,7 +70,11 @@ def read_openvino_contract(xml_path: str | os.PathLike[str]) -> ModelContract:
     import openvino as ov
 
     xml_path = _existing_xml(xml_path)
-    return get_contract(ov.Core().read_model(str(xml_path)), xml_path)
+    try:
+        model = ov.Core().read_model(str(xml_path), str(xml_path.with_suffix(".bin")))
+    except RuntimeError as e:  # OpenVINO raises RuntimeError for every unreadable IR
+        raise ValueError(openvino_read_error(xml_path, e)) from None
+    return get_contract(model, xml_path)
 
 
 def save_ir_atomically(model: ov.Model, xml_path: str | os.PathLike[str]) -> Path:
@@ -102,5 +107,8 @@ def _existing_xml(xml_path: str | os.PathLike[str]) -> Path:
     if not xml_path.is_file():
         raise FileNotFoundError(f"{xml_path}: no such OpenVINO IR (.xml with its .bin beside it)")
     if not xml_path.with_suffix(".bin").is_file():
-        raise FileNotFoundError(f"{xml_path.with_suffix('.bin')}: the weights of {xml_path.name} are missing")
+        raise FileNotFoundError(
+            f"{xml_path.with_suffix('.bin')}: the weights of {xml_path.name} are missing "
+            "(expected the IR's .bin beside its .xml)"
+        )
     return xml_path

@@ -11,7 +11,10 @@ gradients, which is all a frozen teacher needs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
@@ -20,13 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from factory.models.checkpoint import FORMAT, load_model, load_state_dict_strict, read_checkpoint
+from factory.models.checkpoint import (
+    FORMAT,
+    file_damage,
+    load_model,
+    load_state_dict_strict,
+    read_checkpoint,
+    torch_error_reason,
+)
 from factory.runtime.contract import MissingContractError, ModelContract
 from factory.runtime.runners import RUNTIMES, SUFFIX_RUNTIMES, load_runner, torch_runner
 
 Normalization = Literal["arcface", "legacy128"]
 # insightface's current arcface_torch feeds (x - 127.5) / 127.5; older MXNet ports and "nizhib" checkpoints / 128.
 NORMALIZATIONS: dict[str, tuple[float, float]] = {"arcface": (127.5, 127.5), "legacy128": (127.5, 128.0)}
+# safetensors refuses headers over 100 MB: a larger length field means a foreign file, not a truncated one.
+_SAFETENSORS_MAX_HEADER = 100_000_000
 
 
 def with_normalization(contract: ModelContract, normalization: Normalization) -> ModelContract:
@@ -47,13 +59,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file (expected a state_dict .pth/.pt or .safetensors)")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+        return _read_safetensors(path)
     state = read_checkpoint(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         return state["state_dict"]
@@ -66,6 +72,44 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         f"{path} holds no state_dict (expected a mapping of parameter names to tensors, "
         f"got {type(state).__name__} with keys {list(state)[:5] if isinstance(state, dict) else '-'})"
     )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        problem = _safetensors_damage(path) or f"not a readable safetensors file ({e})"
+        raise ValueError(f"{path}: {problem} (expected a safetensors file of tensors)") from None
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """``empty file`` / ``truncated: ...`` from the layout: an 8-byte header length, the JSON header, the tensors.
+
+    The header records where every tensor ends, so a file shorter than that was cut off.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated: {size} bytes, shorter than the 8-byte header length"
+        (header_size,) = struct.unpack("<Q", head)
+        if header_size > _SAFETENSORS_MAX_HEADER:
+            return None  # not a safetensors file at all: its own message says "header too large"
+        if 8 + header_size > size:
+            return f"truncated: the header announces {header_size} bytes but the file ends after {size - 8}"
+        try:
+            header = json.loads(f.read(header_size))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None  # a damaged header: safetensors' own message says how
+    if 8 + header_size + end > size:
+        return f"truncated: the tensors end at byte {8 + header_size + end} but the file at byte {size}"
+    return None
 
 
 def _all_tensors(d: dict[Any, Any]) -> bool:
@@ -133,7 +177,16 @@ class TorchScriptModule(nn.Module):
 
     def __init__(self, path: Path, contract: ModelContract) -> None:
         super().__init__()
-        self.scripted = torch.jit.load(str(path), map_location="cpu")
+        try:
+            with warnings.catch_warnings():
+                # torch deprecates TorchScript in favour of torch.export; users' TorchScript teachers stay supported,
+                # and the warning (two lines on every load) is nothing they can act on here.
+                warnings.simplefilter("ignore", FutureWarning)
+                self.scripted = torch.jit.load(str(path), map_location="cpu")
+        # torch.jit.load raises RuntimeError for every unreadable archive; what is wrong is read from the file.
+        except (RuntimeError, ValueError) as e:
+            problem = file_damage(path) or f"not a TorchScript archive ({torch_error_reason(e)})"
+            raise ValueError(f"{path}: {problem} (expected a TorchScript archive written by torch.jit.save)") from None
         self.contract = contract
         self.model_name = path.name
 

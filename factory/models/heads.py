@@ -15,7 +15,14 @@ HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
 
 
 class MarginHead(nn.Module):
-    """Class centres ``weight`` (classes × dim, N(0, 0.01)); subclasses put the margin on the target cosine."""
+    """Class centres ``weight`` (classes × dim, N(0, 0.01)); subclasses put the margin on the target cosine.
+
+    ``margin_range`` is ``[low, high)``, the margins a head can train with (``factory check`` refuses others). With
+    many classes the non-target cosines sit around 0, so a margin that keeps the target logit at or below 0 even at
+    θ = 0 leaves the target class no way to win: that is each head's upper end.
+    """
+
+    margin_range: tuple[float, float] = (0.0, math.inf)
 
     def __init__(self, embedding_dim: int, num_classes: int, scale: float, margin: float) -> None:
         super().__init__()
@@ -37,6 +44,8 @@ class MarginHead(nn.Module):
 class CosFace(MarginHead):
     """CosFace: target s·(cos θ − m); m = 0.35 as ElasticFace (insightface uses 0.40)."""
 
+    margin_range = (0.0, 1.0)  # cos θ − m <= 0 for every θ once m >= 1
+
     def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.35) -> None:
         super().__init__(embedding_dim, num_classes, scale, margin)
 
@@ -48,6 +57,8 @@ class CosFace(MarginHead):
 @HEADS.register("arcface")
 class ArcFace(MarginHead):
     """ArcFace: target s·cos(θ + m), m = 0.5."""
+
+    margin_range = (0.0, math.pi / 2)  # cos(θ + m) <= 0 for every θ >= 0 once m >= π/2
 
     def __init__(self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.5) -> None:
         super().__init__(embedding_dim, num_classes, scale, margin)

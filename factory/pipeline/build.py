@@ -6,13 +6,14 @@ survives a crash or Ctrl-C so that the next build resumes there (training stages
 and is renamed into place only when the stage finished: the cache never holds half a stage.
 
 The pipeline's rules live here, once: a stage that ``publishes`` becomes ``<run_dir>/release`` (an atomically
-replaced symlink) when it finishes, and a failed gate removes that pointer, so ``release`` never names a bundle
-whose gates did not pass on the current recipe.
+replaced symlink) when it finishes, and only then is ``<run_dir>/recipe.resolved.yaml`` rewritten. A failed gate
+leaves both alone, so ``release`` keeps naming the last bundle that passed its gates, and records the failure
+beside it in ``<run_dir>/release.failed.json`` (gates, values, limits and the recipe that failed). One build runs
+per run directory at a time (:mod:`factory.pipeline.lock`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -20,12 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.files import sha256_tree, write_json, write_text
+from factory.files import read_json, sha256_tree, write_json, write_text
 from factory.pipeline.cache import stage_key, stage_material
+from factory.pipeline.lock import run_dir_lock
 from factory.pipeline.stage import STAGE_FILE, GateFailure, Stage, StageContext, StageOutput
 from factory.recipe import Recipe
 from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
+
+FAILED_FILE = "release.failed.json"
 
 
 @dataclass
@@ -49,6 +53,7 @@ def build(
     echo: Callable[[str], None] = print,
     progress: bool = True,
     stages: Sequence[Stage] | None = None,
+    wait: bool = False,
 ) -> BuildResult:
     """Run every stage of ``recipe`` (or up to ``until``), reusing cached stages.
 
@@ -59,14 +64,43 @@ def build(
         echo: where one-line stage summaries go.
         progress: show progress bars.
         stages: the stage list (default: :data:`factory.pipeline.stages.STAGES`).
+        wait: if another process is building the same run directory, wait for it instead of raising.
 
     Returns:
         The stage outputs and, when a publishing stage ran, the published release directory.
 
     Raises:
         UnknownNameError: a name in ``force``/``until`` is not a stage.
-        GateFailure: a release gate failed; ``<run_dir>/release`` no longer exists.
+        RunDirBusy: another process is building this run directory (and ``wait`` is false).
+        GateFailure: a release gate failed; ``<run_dir>/release`` still names the last bundle that passed
+            (``failure.kept_release``, None if there is none) and ``failure.record`` holds the failure.
     """
+    by_name, order = stage_registry(stages)
+    for name in (*force, *([until] if until is not None else [])):
+        by_name.get(name)
+    names = order[: order.index(until) + 1] if until is not None else order
+    run_dir = run_dir_for(recipe)
+    result = BuildResult(run_dir=run_dir)
+    with run_dir_lock(run_dir, wait=wait, echo=echo):
+        for index, name in enumerate(names, 1):
+            stage = by_name.get(name)
+            inputs = {need: result.stages[need] for need in stage.needs}
+            try:
+                out = _run_stage(stage, recipe, run_dir, inputs, name in force, echo, progress)
+            except GateFailure as failure:
+                _record_failure(run_dir, recipe, failure)
+                raise
+            result.stages[name] = out
+            state = "cached " if out.cached else f"{out.seconds:6.1f}s"
+            line = stage.summary(out.metrics)
+            echo(f"[{index}/{len(names)}] {name:<9} {state}  {line}".rstrip())
+            if stage.publishes:
+                result.release_dir = _publish(run_dir, out.dir, recipe)
+    return result
+
+
+def stage_registry(stages: Sequence[Stage] | None) -> tuple[Registry[Stage], list[str]]:
+    """The stages by name (unknown names get a did-you-mean) and their order."""
     if stages is None:
         from factory.pipeline.stages import STAGES as stages
     by_name: Registry[Stage] = Registry("stage")
@@ -74,29 +108,7 @@ def build(
         for need in stage.needs:
             by_name.get(need)  # a stage may only need stages listed before it
         by_name.register(stage.name)(stage)
-    for name in (*force, *([until] if until else [])):
-        by_name.get(name)
-    order = [s.name for s in stages]
-    names = order[: order.index(until) + 1] if until else order
-    run_dir = run_dir_for(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
-    result = BuildResult(run_dir=run_dir)
-    for index, name in enumerate(names, 1):
-        stage = by_name.get(name)
-        inputs = {need: result.stages[need] for need in stage.needs}
-        try:
-            out = _run_stage(stage, recipe, run_dir, inputs, name in force, echo, progress)
-        except GateFailure:
-            unpublish(run_dir)
-            raise
-        result.stages[name] = out
-        state = "cached " if out.cached else f"{out.seconds:6.1f}s"
-        line = stage.summary(out.metrics)
-        echo(f"[{index}/{len(names)}] {name:<9} {state}  {line}".rstrip())
-        if stage.publishes:
-            result.release_dir = _publish(run_dir, out.dir)
-    return result
+    return by_name, [s.name for s in stages]
 
 
 def _run_stage(
@@ -115,11 +127,9 @@ def _run_stage(
     if force:
         shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
-    record = final / STAGE_FILE
-    if record.is_file():
-        info = json.loads(record.read_text())
-        artifacts = [Artifact.from_dict(a) for a in info["artifacts"]]
-        return StageOutput(stage.name, key, final, info["files"], info["metrics"], artifacts, True, info["seconds"])
+    cached = cached_output(stage.name, key, final)
+    if cached is not None:
+        return cached
     shutil.rmtree(final, ignore_errors=True)  # a directory without its record is not a finished stage
     partial.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -154,18 +164,45 @@ def _run_stage(
     return StageOutput(stage.name, key, final, files, made.metrics, list(made.artifacts), False, seconds)
 
 
-def _publish(run_dir: Path, bundle: Path) -> Path:
-    """Point ``<run_dir>/release`` at the finished bundle (atomically replaced symlink)."""
+def cached_output(name: str, key: str, final: Path) -> StageOutput | None:
+    """The finished stage at ``final``, or None when it has no record (``stage.json`` is written last)."""
+    record = final / STAGE_FILE
+    if not record.is_file():
+        return None
+    info = read_json(record)
+    artifacts = [Artifact.from_dict(a) for a in info["artifacts"]]
+    return StageOutput(name, key, final, info["files"], info["metrics"], artifacts, True, info["seconds"])
+
+
+def _publish(run_dir: Path, bundle: Path, recipe: Recipe) -> Path:
+    """Point ``<run_dir>/release`` at the finished bundle (atomically replaced symlink), then record its recipe."""
     link = run_dir / "release"
     tmp = run_dir / ".release.tmp"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(os.path.relpath(bundle, run_dir))
     os.replace(tmp, link)
+    write_text(run_dir / "recipe.resolved.yaml", recipe.to_yaml())
+    (run_dir / FAILED_FILE).unlink(missing_ok=True)  # this release supersedes the failure
     return link
 
 
-def unpublish(run_dir: Path) -> None:
-    """Remove the ``release`` pointer after a failed gate (the older bundle itself stays in the stage cache)."""
+def current_release(run_dir: Path) -> Path | None:
+    """The bundle ``<run_dir>/release`` names, or None when no build of this run directory has passed its gates."""
     link = run_dir / "release"
-    if link.is_symlink():
-        link.unlink()
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+def _record_failure(run_dir: Path, recipe: Recipe, failure: GateFailure) -> None:
+    """Write ``release.failed.json`` beside the untouched ``release`` pointer and tell ``failure`` about both."""
+    kept = current_release(run_dir)
+    record = write_json(
+        run_dir / FAILED_FILE,
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "failed": [g for g in failure.gates if not g.get("passed")],
+            "gates": failure.gates,
+            "kept_release": None if kept is None else os.path.relpath(kept, run_dir),
+            "recipe": recipe.to_dict(),
+        },
+    )
+    failure.kept_release, failure.record = kept, record

@@ -124,3 +124,5 @@ class GateFailure(RuntimeError):
         super().__init__(message)
         self.gates = gates
         self.validation = validation  # the validate stage's metrics, so the failure can show the accuracy table
+        self.kept_release: Path | None = None  # set by the build: the older bundle ``release`` still names
+        self.record: Path | None = None  # set by the build: the failure record beside it

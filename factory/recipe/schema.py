@@ -6,6 +6,14 @@ Field metadata understood by :mod:`factory.recipe.loader`:
 - ``{"registry": FAMILY}``: a name that must be registered in that family (``"model"``, ``"head"``).
 - ``{"union": FAMILY}`` on a field annotated ``Any`` (or ``list[Any]``): a tagged union, a mapping whose ``kind``
   names a config dataclass registered in that family.
+- ``between(gt=, ge=, lt=, le=)``: the range of a number (``{"range": Range(...)}``), e.g.
+  ``field(default=0.1, metadata=between(gt=0))``; a bound may be a function called when the recipe is checked
+  (the CPUs this process may use, the opsets the installed exporter writes).
+- ``matching(PATTERN, WHAT)``: a string that must match a regular expression (``{"pattern": ...}``).
+
+Metadata applies to every item of a ``list[X]`` field, and to the value of an ``X | None`` field when it is not
+null. Every ``float`` must be finite whatever its range. Checks that involve more than one field live in the
+loader's ``_check_semantics`` or in a union member's ``check`` hook.
 
 Families are declared in :data:`factory.recipe.loader.UNION_FAMILIES`.
 """
@@ -13,10 +21,99 @@ Families are declared in :data:`factory.recipe.loader.UNION_FAMILIES`.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
+
+Bound = float | Callable[[], float] | None
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number field, checked by the loader for every value it reads (see :func:`between`)."""
+
+    gt: Bound = None
+    ge: Bound = None
+    lt: Bound = None
+    le: Bound = None
+    note: str = ""  # why the bounds are what they are; ``{low}`` and ``{high}`` are replaced by their values
+
+    def bounds(self) -> tuple[float | None, ...]:
+        """``(gt, ge, lt, le)``, a bound given as a function evaluated now."""
+        return tuple(b() if callable(b) else b for b in (self.gt, self.ge, self.lt, self.le))
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` is finite and inside the range."""
+        gt, ge, lt, le = self.bounds()
+        return (
+            math.isfinite(value)
+            and (gt is None or value > gt)
+            and (ge is None or value >= ge)
+            and (lt is None or value < lt)
+            and (le is None or value <= le)
+        )
+
+    def describe(self, integer: bool) -> str:
+        """The expectation as a user reads it: ``a number > 0``, ``an integer >= 1``, ``a number in [0, 1)``."""
+        gt, ge, lt, le = self.bounds()
+        what = "an integer" if integer else "a number"
+        low = gt if gt is not None else ge
+        high = lt if lt is not None else le
+        if low is not None and high is not None:
+            opens, closes = "(" if gt is not None else "[", ")" if lt is not None else "]"
+            text = f"{what} in {opens}{_show(low)}, {_show(high)}{closes}"
+        elif low is not None:
+            text = f"{what} {'>' if gt is not None else '>='} {_show(low)}"
+        elif high is not None:
+            text = f"{what} {'<' if lt is not None else '<='} {_show(high)}"
+        else:
+            text = f"a finite {'integer' if integer else 'number'}"
+        return f"{text}: {self.note.format(low=_show(low), high=_show(high))}" if self.note else text
+
+
+def _show(bound: float | None) -> str:
+    if isinstance(bound, int) and bound >= 2**32 and (bound + 1).bit_count() == 1:
+        return f"2**{(bound + 1).bit_length() - 1} - 1"  # 2**64 - 1 reads better than its 20 digits
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+
+def between(*, gt: Bound = None, ge: Bound = None, lt: Bound = None, le: Bound = None, note: str = "") -> dict:
+    """Field metadata for a number range: ``field(default=0.9, metadata=between(ge=0, lt=1))``.
+
+    A bound may be a function with no arguments, called when a recipe is checked; ``note`` then says what it
+    stands for (``"{high} is the number of CPUs this process may use"``). The loader reports a value outside the
+    range as ``got 0 (expected a number > 0)``.
+    """
+    return {"range": Range(gt, ge, lt, le, note)}
+
+
+def matching(pattern: str, what: str) -> dict:
+    """Field metadata for a string that must match ``pattern`` fully; ``what`` is the expectation users read."""
+    return {"pattern": (re.compile(pattern), what)}
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# A run's folder is runs/<name>: one safe path component, never hidden, never `..`.
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+RUN_NAME_EXPECTED = (
+    "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters: "
+    "it names the folder runs/<name>"
+)
+_THREADS = between(ge=1, le=usable_cpus, note="{high} is the number of CPUs this process may use")
+# torch.manual_seed takes unsigned 64-bit seeds; numpy and the hashed seeds take any of them too.
+_SEED = between(ge=0, le=2**64 - 1)
+_FRACTION = between(ge=0, le=1)
 
 
 @dataclass
@@ -24,7 +121,7 @@ class WorldConfig:
     """The built-in procedural face world (used for training, calibration and the default benchmark)."""
 
     taxonomy: str | None = field(default=None, metadata={"path": True})  # group taxonomy YAML; None = built-in
-    seed: int = 0
+    seed: int = field(default=0, metadata=_SEED)
 
 
 @dataclass
@@ -35,26 +132,30 @@ class DataConfig:
     # A real benchmark instead of the procedural one: an insightface verification .bin (one group) or an RFW root
     # (a group per race), with aligned 112x112 images or RFW landmark files.
     benchmark: str | None = field(default=None, metadata={"path": True})
-    benchmark_pairs_per_group: int = 600  # procedural, RFW-like: 10 folds, half genuine, half impostor
-    calibration_images: int = 300  # for INT8 calibration; identities disjoint from the benchmark
-    preview_identities: int = 6
-    preview_samples: int = 6
+    # procedural, RFW-like: 10 folds, half genuine, half impostor
+    benchmark_pairs_per_group: int = field(default=600, metadata=between(ge=1))
+    # for INT8 calibration; identities disjoint from the benchmark
+    calibration_images: int = field(default=300, metadata=between(ge=1))
+    preview_identities: int = field(default=6, metadata=between(ge=1))
+    preview_samples: int = field(default=6, metadata=between(ge=1))
 
 
 @dataclass
 class TrainConfig:
     """One training run of the shared loop (teacher training or distillation)."""
 
-    steps: int = 1000
-    batch_size: int = 64
+    steps: int = field(default=1000, metadata=between(ge=1))
+    # At least 2: BatchNorm in training mode cannot normalise one sample (iresnet's embedding BatchNorm1d raises).
+    batch_size: int = field(default=64, metadata=between(ge=2))
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    warmup_steps: int = 0
+    lr: float = field(default=0.1, metadata=between(gt=0))
+    weight_decay: float = field(default=5e-4, metadata=between(ge=0))
+    momentum: float = field(default=0.9, metadata=between(ge=0, lt=1))  # 1 never forgets a gradient
+    warmup_steps: int = field(default=0, metadata=between(ge=0))
     schedule: Literal["cosine", "constant", "step"] = "cosine"
-    step_every: int = 0  # for schedule "step": halve the lr every this many steps
-    checkpoint_every: int = 100
+    # for schedule "step": halve the lr every this many steps (0: unset; "step" then needs >= 1)
+    step_every: int = field(default=0, metadata=between(ge=0))
+    checkpoint_every: int = field(default=100, metadata=between(ge=1))  # the loop saves when step % this == 0
     channels_last: bool = True
 
 
@@ -70,10 +171,10 @@ class TeacherConfig:
     # Labelled training data: procedural identities, or {kind: files, path: ...} (a RecordIO pack, a labelled
     # folder or a list). Kinds: factory.data.sources.SOURCES.
     source: Any = field(default=None, metadata={"union": "source", "default": {"kind": "procedural"}})
-    identities_per_group: int = 100  # procedural source
+    identities_per_group: int = field(default=100, metadata=between(ge=1))  # procedural source
     head: str = field(default="cosface", metadata={"registry": "head"})
-    margin: float = 0.35
-    scale: float = 32.0
+    margin: float = 0.35  # its range depends on the head (checked with it)
+    scale: float = field(default=32.0, metadata=between(gt=0))
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -100,7 +201,8 @@ class ExportConfig:
     formats: list[Any] = field(
         default=None, metadata={"union": "exporter", "default": [{"kind": "onnx", "opset": 18}, {"kind": "openvino"}]}
     )
-    min_parity_cosine: float = 0.999  # every exported artifact vs torch, on fixed inputs
+    # every exported artifact vs torch, on fixed inputs
+    min_parity_cosine: float = field(default=0.999, metadata=between(gt=0, le=1))
 
 
 @dataclass
@@ -116,20 +218,24 @@ class ValidateConfig:
     """How artifacts are measured."""
 
     flip: bool = True  # insightface flip fusion
-    batch_size: int = 64
-    threads: int = 1  # fixed thread count for latency
-    latency_warmup: int = 20
-    latency_repeats: int = 100
+    batch_size: int = field(default=64, metadata=between(ge=1))
+    threads: int = field(default=1, metadata=_THREADS)  # fixed thread count for latency
+    latency_warmup: int = field(default=20, metadata=between(ge=0))
+    latency_repeats: int = field(default=100, metadata=between(ge=1))
 
 
 @dataclass
 class GatesConfig:
     """Release gates; ``null`` leaves a gate out. Accuracies are fractions (0.9 = 90 %)."""
 
-    min_accuracy: float | None = 0.8  # mean of the per-group accuracies, every artifact
-    max_std: float | None = 0.05  # sample std of the per-group accuracies, every artifact
-    max_int8_drop: float | None = 0.01  # torch FP32 mean accuracy minus INT8 mean accuracy
-    max_latency_ms: float | None = 50.0  # batch-1 median, every exported artifact
+    # mean of the per-group accuracies, every artifact
+    min_accuracy: float | None = field(default=0.8, metadata=_FRACTION)
+    # sample std of the per-group accuracies, every artifact
+    max_std: float | None = field(default=0.05, metadata=_FRACTION)
+    # torch FP32 mean accuracy minus INT8 mean accuracy
+    max_int8_drop: float | None = field(default=0.01, metadata=_FRACTION)
+    # batch-1 median, every exported artifact
+    max_latency_ms: float | None = field(default=50.0, metadata=between(gt=0))
 
 
 @dataclass
@@ -144,9 +250,10 @@ class ReleaseConfig:
 class Recipe:
     """One build, from data to release."""
 
-    name: str = ""  # defaults to the recipe file's stem
-    seed: int = 0
-    threads: int = 2  # torch/NNCF threads for training and evaluation
+    # defaults to the recipe file's stem
+    name: str = field(default="", metadata=matching(f"|{RUN_NAME}", RUN_NAME_EXPECTED))
+    seed: int = field(default=0, metadata=_SEED)
+    threads: int = field(default=2, metadata=_THREADS)  # torch/NNCF threads for training and evaluation
     run_dir: str | None = None  # default runs/<name>
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -84,6 +84,14 @@ class ModelContract:
         return cls.from_dict(json.loads(text))
 
 
+def contract_from_json(text: str, where: str) -> ModelContract:
+    """:meth:`ModelContract.from_json` for a contract stored in a file; a damaged one is an error naming ``where``."""
+    try:
+        return ModelContract.from_json(text)
+    except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError; a wrong value type a TypeError
+        raise ValueError(f"{where} is not a valid model contract ({e}) (expected ModelContract.to_json())") from None
+
+
 def set_contract(model: Any, contract: ModelContract) -> None:
     """Store ``contract`` in an OpenVINO ``ov.Model``'s ``rt_info`` (``factory/contract``)."""
     model.set_rt_info(contract.to_json(), RT_INFO_CONTRACT)
@@ -96,7 +104,7 @@ def get_contract(model: Any, source: str | os.PathLike[str] = "model") -> ModelC
             f"{source} has no rt_info {'/'.join(RT_INFO_CONTRACT)}, so its input contract is unknown: "
             "convert it with factory.export.openvino.convert_to_openvino (or pass the contract explicitly)"
         )
-    return ModelContract.from_json(model.get_rt_info(RT_INFO_CONTRACT).astype(str))
+    return contract_from_json(model.get_rt_info(RT_INFO_CONTRACT).astype(str), f"{source}: rt_info factory/contract")
 
 
 def engine_sidecar(engine_path: str | os.PathLike[str]) -> Path:

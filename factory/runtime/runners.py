@@ -13,6 +13,7 @@ Runtime packages are imported when a runner is built, never at import time. ``"t
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -20,7 +21,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from factory.registry import Registry
-from factory.runtime.contract import CONTRACT_KEY, MissingContractError, ModelContract, get_contract
+from factory.runtime.contract import (
+    CONTRACT_KEY,
+    MissingContractError,
+    ModelContract,
+    contract_from_json,
+    get_contract,
+)
 from factory.runtime.preprocess import check_model_input, to_model_input_numpy
 
 __all__ = [
@@ -98,7 +105,13 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # ORT warns about every unused initializer otherwise
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except _onnxruntime_load_errors() as e:
+            raise ValueError(
+                f"{self.path}: corrupt or not an ONNX model ({_onnxruntime_reason(e)}) "
+                f"(expected {SUFFIX_RUNTIMES['.onnx'][1]})"
+            ) from None
         if contract is None:
             metadata = self.session.get_modelmeta().custom_metadata_map
             if CONTRACT_KEY not in metadata:
@@ -106,7 +119,7 @@ class OnnxRunner:
                     f"{self.path} has no {CONTRACT_KEY!r} metadata: export it with factory.export.onnx.export_onnx "
                     "or pass contract= to onnx_runner"
                 )
-            contract = ModelContract.from_json(metadata[CONTRACT_KEY])
+            contract = contract_from_json(metadata[CONTRACT_KEY], f"{self.path}: metadata {CONTRACT_KEY!r}")
         self.contract, self.threads = contract, threads
         self._input = self.session.get_inputs()[0].name
 
@@ -133,7 +146,12 @@ class OpenVINORunner:
 
         self.path = _existing(xml_path, "an OpenVINO IR (.xml with its .bin)")
         core = ov.Core()
-        model = core.read_model(str(self.path))
+        try:
+            # The weights named explicitly: OpenVINO then reads the file as an IR only, instead of trying every
+            # frontend on it (TensorFlow's logs its parse failure straight to stderr).
+            model = core.read_model(str(self.path), str(self.path.with_suffix(".bin")))
+        except RuntimeError as e:  # OpenVINO raises RuntimeError for every unreadable IR
+            raise ValueError(openvino_read_error(self.path, e)) from None
         self.contract = contract if contract is not None else get_contract(model, self.path)
         shape = model.inputs[0].get_partial_shape()
         if shape.rank.is_static and shape[0].is_static:
@@ -146,7 +164,10 @@ class OpenVINORunner:
         if precision != "default":
             config["INFERENCE_PRECISION_HINT"] = precision
         self.precision, self.threads = precision, threads
-        self.compiled = core.compile_model(model, device, config)
+        try:
+            self.compiled = core.compile_model(model, device, config)
+        except RuntimeError as e:  # e.g. weights that read fine but do not fit the graph
+            raise ValueError(openvino_read_error(self.path, e)) from None
         self._request = self.compiled.create_infer_request()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -264,10 +285,65 @@ def embed_uint8(runner: Runner) -> Callable[[np.ndarray], np.ndarray]:
     return embed
 
 
+def _onnxruntime_load_errors() -> tuple[type[Exception], ...]:
+    """The exceptions ONNX Runtime raises for a model file it cannot load (they derive from nothing but Exception)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("InvalidProtobuf", "InvalidGraph", "InvalidArgument", "Fail", "NotImplemented", "RuntimeException")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))
+
+
+def _onnxruntime_reason(error: Exception) -> str:
+    """ORT's reason without its ``[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:`` prefix."""
+    text = str(error).strip()
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .*? failed:", "", text)
+    return (text.strip().splitlines() or [type(error).__name__])[0].strip().removesuffix(".")
+
+
+def openvino_read_error(xml_path: Path, error: Exception) -> str:
+    """One line for an IR OpenVINO cannot read: not an IR, weights cut short, or OpenVINO's own reason."""
+    try:
+        text = xml_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    weights = xml_path.with_suffix(".bin")
+    size = weights.stat().st_size if weights.is_file() else 0
+    needed = _ir_weights_end(text)
+    if "<net" not in text:
+        problem = "not an OpenVINO IR (no <net> element)"
+    elif needed is not None and needed > size:
+        problem = f"truncated weights: {weights.name} has {size} bytes but the IR reads up to byte {needed}"
+    else:
+        # OpenVINO's messages stack "Exception from src/...:84:" and "Check '...' failed at ..." lines above the
+        # sentence that says what is wrong.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reasons = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+        problem = f"not a loadable OpenVINO IR ({(reasons or lines or [type(error).__name__])[-1]})"
+    return f"{xml_path}: {problem} (expected an OpenVINO IR: the .xml graph with its complete .bin weights)"
+
+
+def _ir_weights_end(xml_text: str) -> int | None:
+    """The largest ``offset + size`` any constant of an IR reads from its ``.bin``; ``None`` when none is found.
+
+    Constants are ``<data ... offset="O" size="S"/>`` elements; a scan of the text is enough, and works on an
+    ``.xml`` too broken for an XML parser.
+    """
+    ends = []
+    for tag in re.findall(r"<data\b[^>]*>", xml_text):
+        offset, size = re.search(r'\boffset="(\d+)"', tag), re.search(r'\bsize="(\d+)"', tag)
+        if offset and size:
+            ends.append(int(offset[1]) + int(size[1]))
+    return max(ends, default=None)
+
+
 def _existing(path: str | os.PathLike[str], expected: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; expected {expected} here")
     if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
-        raise FileNotFoundError(f"{path.with_suffix('.bin')}: the weights of {path.name} are missing")
+        raise FileNotFoundError(
+            f"{path.with_suffix('.bin')}: the weights of {path.name} are missing "
+            "(expected the IR's .bin beside its .xml)"
+        )
     return path

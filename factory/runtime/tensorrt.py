@@ -36,8 +36,11 @@ class TensorRTRunner:
         self.contract = contract if contract is not None else read_engine_sidecar(self.path)
         self._torch = torch
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{self.path} could not be deserialised (built for another GPU or TensorRT version?)")
+        if self.engine is None:  # TensorRT logs its reason and returns None for a corrupt or foreign engine
+            raise ValueError(
+                f"{self.path}: could not be deserialised: corrupt, or built for another GPU or TensorRT version "
+                "(expected a serialized engine built on this GPU by factory.export.tensorrt.build_engine)"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)

@@ -20,6 +20,7 @@ from torch import nn
 
 from factory.data.sources import Source
 from factory.files import atomic_path
+from factory.models.checkpoint import read_checkpoint
 from factory.recipe import TrainConfig
 from factory.train.optim import build_optimizer, build_scheduler
 from factory.train.task import Task
@@ -39,8 +40,11 @@ class FitResult:
     history: list[dict[str, float]]
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite: continuing would only waste the remaining steps."""
+class NonFiniteLoss(ValueError):
+    """The loss became NaN or infinite: continuing would only waste the remaining steps.
+
+    A ValueError because the cure is in the recipe (a smaller lr, other data), so the CLI reports it as bad input.
+    """
 
 
 def fit(
@@ -83,7 +87,10 @@ def fit(
     resume = work_dir / RESUME_FILE
     start, history = 0, []
     if resume.is_file():
-        state = torch.load(resume, map_location=device, weights_only=True)
+        try:
+            state = read_checkpoint(resume, map_location=device)
+        except ValueError as e:  # damaged by something outside the factory: it writes resume.pt atomically
+            raise ValueError(f"{e}; delete it to start this training over") from None
         model.load_state_dict(state["model"])
         task.load_state_dict(state["task"])
         source.load_state_dict(state["source"])

@@ -5,11 +5,13 @@ A verification ``.bin``, an RFW root, a benchmark ``.npz`` or a pairs list.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from factory.data.benchmark import PairBenchmark
+from factory.data.formats.text import read_lines
 from factory.data.images import decode_aligned
 
 
@@ -40,16 +42,21 @@ def load_real_benchmark(path: str) -> PairBenchmark:
 
 
 def load_pairs_list(path: Path) -> PairBenchmark:
-    """A pairs list: ``image1,image2,issame[,group]`` per line (TAB also accepted), aligned 112×112 images."""
+    """A pairs list: ``image1,image2,issame[,group]`` per line (TAB also accepted), aligned 112×112 images.
+
+    Image paths are relative to the list's folder and must stay inside it: a list is often someone else's file,
+    and an absolute path or a ``..`` that climbs out would make it read any image on the machine.
+    """
     images, issame, groups, names = [], [], [], {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    expected = "image1,image2,issame(0/1)[,group]"
+    for number, line in enumerate(read_lines(path, f"{expected} lines"), 1):
         fields = [f.strip() for f in line.replace("\t", ",").split(",")]
         if not line.strip() or line.startswith("#"):
             continue
         if len(fields) not in (3, 4) or fields[2].lower() not in ("0", "1", "true", "false"):
-            raise ValueError(f"{path}:{number}: expected image1,image2,issame(0/1)[,group], got {line!r}")
+            raise ValueError(f"{path}:{number}: expected {expected}, got {line!r}")
         for name in fields[:2]:
-            image = Path(name) if Path(name).is_absolute() else path.parent / name
+            image = _inside(path, number, name)
             if not image.is_file():
                 raise FileNotFoundError(f"{path}:{number}: {image} does not exist")
             images.append(decode_aligned(image, f"{path}:{number}: {image}"))
@@ -64,6 +71,21 @@ def load_pairs_list(path: Path) -> PairBenchmark:
         subjects=np.arange(len(images)),
         group_names=tuple(names),
     )
+
+
+def _inside(listing: Path, number: int, name: str) -> Path:
+    """``name`` from line ``number`` of ``listing`` as a path under the list's folder; leaving the folder is an error.
+
+    The check is on the written path (``..`` folded away), not on symlinks: a dataset folder linked in stays usable.
+    """
+    root = Path(os.path.normpath(listing.parent))
+    image = Path(os.path.normpath(root / name))
+    if Path(name).is_absolute() or not image.is_relative_to(root):
+        raise ValueError(
+            f"{listing}:{number}: {name} leaves the list's folder {root} (expected a path relative to it, "
+            "without a leading / or .. above it)"
+        )
+    return image
 
 
 def load_benchmark(source: str) -> PairBenchmark:

@@ -6,18 +6,17 @@ re-compressed on the way between tools.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from factory.data.formats.folders import NO_GROUP, LabelledImages, read_image_folder, read_image_list
 from factory.data.formats.recordio import RecordIOReader, write_insightface_pack
 from factory.data.formats.rfw import RFW_RACES, read_pairs, read_rfw_encoded, write_rfw
 from factory.data.formats.verification_bin import VerificationBin
+from factory.data.images import read_rgb
 from factory.files import atomic_path
 
 FORMATS = ("recordio", "bin", "rfw", "imagefolder", "list")
@@ -51,14 +50,13 @@ def image_extension(data: bytes) -> str:
     return "img"
 
 
-def _decodes(data: bytes | Path) -> str | None:
-    """``None`` when the image decodes, else the reason."""
+def _decode_problem(where: str, data: bytes | Path) -> str | None:
+    """``None`` when the image decodes, else the error (which names ``where``)."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            img.load()
-        return None
-    except (UnidentifiedImageError, OSError) as e:
+        read_rgb(data, where)
+    except ValueError as e:
         return str(e)
+    return None
 
 
 def _rfw_races(root: Path) -> list[str]:
@@ -111,7 +109,7 @@ def inspect_data(path: str | os.PathLike[str], sample: int = 8) -> dict[str, Any
         info.update(images=len(index), identities=index.identity_count())
         info["groups"] = {g: index.groups.count(g) for g in index.group_names}
         samples = [(str(p), p) for p in index.paths[:sample]]
-    failures = [f"{where}: {why}" for where, data in samples if (why := _decodes(data)) is not None]
+    failures = [why for where, data in samples if (why := _decode_problem(where, data)) is not None]
     info.update(decoded=len(samples) - len(failures), failures=failures)
     return info
 
@@ -147,11 +145,14 @@ def convert_data(src: str | os.PathLike[str], to: str, out: str | os.PathLike[st
     - ``recordio``: an insightface pack ``OUT`` (+ ``.idx`` and ``property``), identities numbered in sorted order;
     - ``bin``: ``OUT`` (one set) or ``OUT/<set>_test.bin`` (RFW: one per race);
     - ``rfw``: an RFW tree at ``OUT`` (a ``.bin`` becomes one race named after it).
+
+    A target folder that holds anything, or a target file that exists, is refused before anything is read or written.
     """
     src, out = Path(src), Path(out)
     fmt = detect_format(src)
     if to not in TARGETS:
         raise ValueError(f"unknown target format {to!r} (expected one of {', '.join(TARGETS)})")
+    _check_target_free(out, to)
     if to == "imagefolder":
         images, identities, _, names = _labelled(src, fmt)
         for data, identity, name in zip(images, identities, names, strict=True):
@@ -177,23 +178,47 @@ def convert_data(src: str | os.PathLike[str], to: str, out: str | os.PathLike[st
             return [VerificationBin(images, issame).save(out)]
         out.mkdir(parents=True, exist_ok=True)
         return [VerificationBin(i, s).save(out / f"{name}_test.bin") for name, (i, s) in sets.items()]
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty; RFW trees are written into an empty folder")
     return [write_rfw(out, name, images, issame) for name, (images, issame) in sets.items()]
 
 
-def sample_images(path: str | os.PathLike[str], per_group: int = 6) -> dict[str, list[bytes | Path]]:
-    """The first ``per_group`` images of every group of a dataset (for previews), encoded bytes or files."""
+def _check_target_free(out: Path, to: str) -> None:
+    """Refuse, before anything is read or written, a target that would mix with or overwrite existing data.
+
+    Folder targets must be empty or absent (a conversion into a used folder would merge two datasets); file targets
+    (a ``.rec`` with its ``.idx`` and ``property``, a ``.bin``) must not exist yet.
+    """
+    if to == "recordio" or (to == "bin" and out.suffix == ".bin"):
+        files = [out, out.with_suffix(".idx"), out.parent / "property"] if to == "recordio" else [out]
+        taken = [str(f) for f in files if f.exists()]
+        if taken:
+            verb = "exists" if len(taken) == 1 else "exist"
+            raise ValueError(
+                f"{', '.join(taken)}: already {verb} (expected a new {to} target; nothing was written: remove it or "
+                "choose another path)"
+            )
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file (expected an empty or new folder for {to})")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out}: folder is not empty (expected an empty or new folder for {to}; nothing was written)")
+
+
+def sample_images(path: str | os.PathLike[str], per_group: int = 6) -> dict[str, list[tuple[str, bytes | Path]]]:
+    """The first ``per_group`` images of every group of a dataset (for previews): ``(where, encoded bytes or file)``."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "recordio":
-        with RecordIOReader(path.with_suffix(".rec")) as reader:
-            return {NO_GROUP: [reader.record(k).image for k in reader.image_keys[:per_group]]}
+        rec = path.with_suffix(".rec")
+        with RecordIOReader(rec) as reader:
+            return {NO_GROUP: [(f"{rec}: record {k}", reader.record(k).image) for k in reader.image_keys[:per_group]]}
     if fmt in ("bin", "rfw"):
-        return {name: list(images[:per_group]) for name, (images, _) in _pairs(path, fmt).items()}
+        return {
+            name: [(f"{path}: {name} image {i}", data) for i, data in enumerate(images[:per_group])]
+            for name, (images, _) in _pairs(path, fmt).items()
+        }
     index = read_image_folder(path) if fmt == "imagefolder" else read_image_list(path)
-    out: dict[str, list[bytes | Path]] = {}
+    out: dict[str, list[tuple[str, bytes | Path]]] = {}
     for image, group in zip(index.paths, index.groups, strict=True):
         if len(out.setdefault(group, [])) < per_group:
-            out[group].append(image)
+            out[group].append((str(image), image))
     return out

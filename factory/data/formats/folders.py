@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from factory.data.formats.text import read_lines
 from factory.data.images import IMAGE_SUFFIXES
 
 NO_GROUP = "all"
@@ -104,12 +105,12 @@ def read_image_list(path: str | os.PathLike[str]) -> LabelledImages:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image list")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
+    lines = read_lines(path, "path,identity[,group] lines")
+    if not any(line.strip() for line in lines):
         raise ValueError(f"{path}: empty image list (expected path,identity[,group] lines)")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in text.splitlines()[0] else ","
+    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in lines[0] else ","
     paths, identities, groups = [], [], []
-    for number, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter), 1):
+    for number, row in enumerate(csv.reader(lines, delimiter=delimiter), 1):
         if (
             not row
             or row[0].startswith("#")
@@ -138,7 +139,7 @@ def read_group_mapping(path: str | os.PathLike[str]) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such group mapping file (expected identity,group lines)")
     mapping = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_lines(path, "identity,group lines"), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = [p.strip() for p in line.replace("\t", ",").split(",")]

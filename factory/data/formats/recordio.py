@@ -22,6 +22,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from factory.data.formats.text import read_lines
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _HEADER = struct.Struct("<IfQQ")
@@ -139,7 +141,8 @@ class RecordIOReader:
 
     def _read_index(self) -> dict[int, int]:
         offsets: dict[int, int] = {}
-        for number, line in enumerate(self.idx_path.read_text(encoding="ascii").splitlines(), 1):
+        lines = read_lines(self.idx_path, "'key<TAB>offset' lines", encoding="ascii")
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             parts = line.split("\t")
@@ -150,7 +153,8 @@ class RecordIOReader:
             if not 0 <= offset < self.size:
                 raise RecordIOError(
                     f"{self.idx_path}:{number}: offset {offset} of key {key} is past the end of "
-                    f"{self.rec_path} ({self.size} bytes)"
+                    f"{self.rec_path} ({self.size} bytes): the .rec is truncated, or the .idx is another pack's "
+                    "(expected offsets inside the .rec)"
                 )
             offsets[key] = offset
         if not offsets:
@@ -163,38 +167,99 @@ class RecordIOReader:
         self.identity_ranges: dict[int, tuple[int, int]] = {}
         if min(self.offsets) == 0 and first.header.flag == 2:
             start, stop = (int(v) for v in first.labels)
-            self.image_keys = [k for k in range(1, start) if k in self.offsets]
+            if not 1 <= start <= stop:
+                raise RecordIOError(
+                    f"{self.rec_path}: record 0 is a header with labels [{start}, {stop}] "
+                    "(expected [A, B] with 1 <= A <= B: images 1..A-1, identities A..B-1)"
+                )
+            self._check_header_keys(start, stop)
+            self.image_keys = list(range(1, start))
             for identity, key in enumerate(range(start, stop)):
-                first_image, end_image = (int(v) for v in self.record(key).labels[:2])
-                self.identity_ranges[identity] = (first_image, end_image)
+                labels = self.record(key).labels
+                if len(labels) < 2:
+                    raise RecordIOError(
+                        f"{self.rec_path}: record {key} has {len(labels)} label(s) "
+                        "(expected the identity record's [first image, end image))"
+                    )
+                self.identity_ranges[identity] = (int(labels[0]), int(labels[1]))
             self.layout = "insightface"
         else:
             self.image_keys = sorted(self.offsets)
             self.layout = "im2rec"
 
+    def _check_header_keys(self, start: int, stop: int) -> None:
+        """Every key the header record announces must be in the ``.idx``: a pack missing some is incomplete."""
+        missing = sorted(set(range(1, stop)).difference(self.offsets))  # set arithmetic: packs hold millions of keys
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+            raise RecordIOError(
+                f"{self.idx_path}: the header record of {self.rec_path.name} names records 1..{stop - 1} "
+                f"(images 1..{start - 1}, identities {start}..{stop - 1}) but the index lacks {len(missing)} of them: "
+                f"{shown} (expected a .idx line for every record)"
+            )
+
     def read_payload(self, key: int) -> bytes:
-        """The re-joined payload of record ``key`` (magic bytes re-inserted between split chunks)."""
+        """The re-joined payload of record ``key`` (magic bytes re-inserted between split chunks).
+
+        The chunks' continuation flags must read ``0`` (whole) or ``1, 2..., 3`` (split), and the chunk after the
+        record must not continue it: a flipped flag would otherwise glue two records together, or cut one short,
+        without any error.
+        """
         if key not in self.offsets:
             raise KeyError(f"{self.idx_path}: no record with key {key}")
         self._file.seek(self.offsets[key])
         parts: list[bytes] = []
         while True:
-            where = f"{self.rec_path}: record {key} at byte {self._file.tell()}"
-            head = self._file.read(8)
-            if len(head) < 8:
-                raise RecordIOError(f"{where}: file ends inside a chunk header (truncated .rec?)")
-            magic, lrecord = struct.unpack("<II", head)
-            if magic != MAGIC:
-                raise RecordIOError(f"{where}: bad magic 0x{magic:08X} (expected 0x{MAGIC:08X}; wrong .idx?)")
-            cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
-            data = self._file.read(length + (-length % 4))
-            if len(data) < length:
-                raise RecordIOError(f"{where}: chunk of {length} bytes is cut off after {len(data)} (truncated .rec?)")
-            parts.append(data[:length])
+            at = self._file.tell()
+            cflag, data = self._chunk(key, at)
+            if (cflag in (2, 3)) != bool(parts):
+                raise self._flag_error(
+                    key, at, cflag, "a continuation (2 or 3)" if parts else "0 or 1 (a record's start)"
+                )
+            parts.append(data)
             if cflag in (0, 3):
-                return _MAGIC_BYTES.join(parts)
-            if cflag not in (1, 2):
-                raise RecordIOError(f"{where}: invalid continuation flag {cflag}")
+                break
+        self._check_not_continued(key)
+        return _MAGIC_BYTES.join(parts)
+
+    def _chunk(self, key: int, at: int) -> tuple[int, bytes]:
+        """(cflag, data) of the chunk at the file position ``at``."""
+        where = f"{self.rec_path}: record {key} at byte {at}"
+        head = self._file.read(8)
+        if len(head) < 8:
+            raise RecordIOError(
+                f"{where}: the file ends inside a chunk header: the .rec is truncated "
+                f"(expected 8 header bytes, got {len(head)})"
+            )
+        magic, lrecord = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise RecordIOError(f"{where}: bad magic 0x{magic:08X} (expected 0x{MAGIC:08X}; wrong .idx?)")
+        cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
+        if cflag > 3:
+            raise RecordIOError(f"{where}: invalid continuation flag {cflag} (expected 0, 1, 2 or 3)")
+        data = self._file.read(length + (-length % 4))
+        if len(data) < length:
+            raise RecordIOError(
+                f"{where}: chunk of {length} bytes is cut off after {len(data)}: the .rec is truncated "
+                "(expected the whole chunk before the end of the file)"
+            )
+        return cflag, data[:length]
+
+    def _check_not_continued(self, key: int) -> None:
+        """The chunk after a finished record starts a new one (flag 0 or 1), or the file ends."""
+        at = self._file.tell()
+        head = self._file.read(8)
+        if len(head) == 8:
+            magic, lrecord = struct.unpack("<II", head)
+            if magic == MAGIC and lrecord >> 29 in (2, 3):
+                raise self._flag_error(key, at, lrecord >> 29, "0 or 1 (the next record's start)")
+
+    def _flag_error(self, key: int, at: int, cflag: int, expected: str) -> RecordIOError:
+        return RecordIOError(
+            f"{self.rec_path}: record {key} (at byte {self.offsets[key]}): chunk at byte {at} has continuation flag "
+            f"{cflag} (expected {expected}): "
+            "the continuation flags are inconsistent, so records would be glued together or cut short"
+        )
 
     def record(self, key: int) -> Record:
         """Decoded record ``key``."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from factory.data.benchmark import PairBenchmark
+from factory.data.formats.text import read_lines
 from factory.data.images import decode_aligned
 from factory.files import atomic_path
 
@@ -37,10 +38,14 @@ def read_pairs(path: str | os.PathLike[str]) -> list[RFWPair]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such RFW pairs file (expected test/txts/<Race>/<Race>_pairs.txt)")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_lines(path, "'id n1 n2' or 'id1 n1 id2 n2' lines"), 1):
         fields = line.strip().split()
         if not fields:
             continue
+        for identity in fields[::2] if len(fields) == 4 else fields[:1]:
+            # An identity is a folder name under test/data/<Race>/: a path in its place would read files elsewhere.
+            if identity in (".", "..") or "/" in identity or "\\" in identity:
+                raise ValueError(f"{path}:{number}: identity {identity!r} is a path (expected a folder name)")
         try:
             if len(fields) == 3:
                 pairs.append(RFWPair((fields[0], int(fields[1])), (fields[0], int(fields[2])), True))
@@ -65,7 +70,7 @@ def image_path(root: Path, race: str, identity: str, number: int) -> Path:
 def read_landmarks(path: Path) -> dict[str, np.ndarray]:
     """Image file name -> 5×2 landmarks from an RFW ``_lmk.txt``."""
     table = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_lines(path, "an image path and 10 coordinates per line"), 1):
         fields = line.split()
         if not fields:
             continue

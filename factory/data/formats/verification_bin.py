@@ -12,13 +12,16 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from factory.files import atomic_path
+
+_EXPECTED = "a pickled (bins, issame_list) pair, as insightface writes lfw.bin"
 
 # The globals a pickled numpy array (any numpy version, protocol 2 to 5) needs, and nothing else.
 _ALLOWED_GLOBALS = {
@@ -41,8 +44,11 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The file asked for a global that a verification set never needs: refused, nothing was executed."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The file asked for a global that a verification set never needs: refused, nothing was executed.
+
+    A ``ValueError`` too, because it is bad input like any other unreadable file (the CLI answers it in one line).
+    """
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -51,7 +57,10 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         """Resolve an allowed global; anything else raises :class:`UnsafePickleError`."""
         if (module, name) not in _ALLOWED_GLOBALS:
-            raise UnsafePickleError(f"refused to load global {module}.{name} (only numpy arrays and plain data)")
+            raise UnsafePickleError(
+                f"refused to load global {module}.{name}: it could run code "
+                "(expected only numpy arrays and plain data: lists, tuples, bytes, bools, numbers)"
+            )
         if module in ("copy_reg", "copyreg", "__builtin__"):
             module = {"copy_reg": "copyreg", "__builtin__": "builtins"}.get(module, module)
         return super().find_class(module, name)
@@ -60,6 +69,28 @@ class SafeUnpickler(pickle.Unpickler):
 def safe_loads(data: bytes) -> Any:
     """Unpickle ``data`` with :class:`SafeUnpickler` (``encoding="bytes"`` so Python 2 ``str`` stays bytes)."""
     return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+def pickle_damage(stream: BinaryIO) -> str | None:
+    """Why the pickle at ``stream``'s position is broken (``truncated ...`` or ``corrupt ...``), or ``None``.
+
+    Walks the opcodes with :func:`pickletools.genops`, which decodes them without building or running anything, so
+    it is safe on any file. A pickle whose opcodes run into the end of the data is truncated; one with an opcode
+    that does not exist is corrupt at that byte. Leaves ``stream`` after the pickle's STOP when it is whole.
+    """
+    start = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(start)
+    try:
+        for _ in pickletools.genops(stream):
+            pass
+    except ValueError as e:
+        # genops raises ValueError both for a stream that ends early and for an unknown opcode; only the first
+        # leaves the stream at its end.
+        if stream.tell() >= end:
+            return f"truncated: the pickle ends at byte {end} before its STOP opcode"
+        return f"corrupt: {e}"
+    return None
 
 
 @dataclass
@@ -75,15 +106,25 @@ class VerificationBin:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such verification .bin")
+        data = path.read_bytes()
+        if not data:
+            raise ValueError(f"{path}: empty file (expected {_EXPECTED})")
         try:
-            obj = safe_loads(path.read_bytes())
+            obj = safe_loads(data)
         except UnsafePickleError as e:
             raise UnsafePickleError(f"{path}: {e}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise ValueError(f"{path}: not a readable verification .bin ({type(e).__name__}: {e})") from None
+        # What a broken pickle raises: the unpickler's own errors, and those of the constructors it calls on junk.
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+            damage = pickle_damage(io.BytesIO(data)) or f"not a readable pickle ({type(e).__name__}: {e})"
+            raise ValueError(f"{path}: {damage} (expected {_EXPECTED})") from None
         if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
             raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
         bins, issame = obj
+        if not (isinstance(bins, (tuple, list)) and isinstance(issame, (tuple, list, np.ndarray))):
+            raise ValueError(
+                f"{path}: holds ({type(bins).__name__}, {type(issame).__name__}) (expected {_EXPECTED}: "
+                "a list of encoded images and a list of booleans)"
+            )
         images = []
         for i, entry in enumerate(bins):
             if isinstance(entry, (bytes, bytearray)):

@@ -9,6 +9,8 @@ file strictly, so a typo names its file and dotted key instead of silently falli
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,9 +120,20 @@ class TaxonomyError(ValueError):
     """A taxonomy file that cannot be used; the message names the file and the dotted key."""
 
 
+_REPR = reprlib.Repr()
+# A few items, two levels: an aliased YAML value (anchors within anchors) has an exponentially long full repr.
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 40, 40
+
+
+def _shown(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _number(value: Any, where: str, path: Path, minimum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TaxonomyError(f"{path}: {where}: expected a number, got {value!r}")
+        raise TaxonomyError(f"{path}: {where}: expected a number, got {_shown(value)}")
+    if not math.isfinite(value):  # YAML reads .nan and .inf as floats; either would poison every face rendered
+        raise TaxonomyError(f"{path}: {where}: expected a finite number, got {value!r}")
     if minimum is not None and value < minimum:
         raise TaxonomyError(f"{path}: {where}: must be >= {minimum}, got {value!r}")
     return float(value)
@@ -157,7 +170,7 @@ def _merge_section(base: dict[str, Any], raw: Any, where: str, path: Path) -> di
         for key, value in spec.items():
             if key == "mean_rgb":
                 if not isinstance(value, list) or len(value) != 3:
-                    raise TaxonomyError(f"{path}: {at}.mean_rgb: expected [r, g, b], got {value!r}")
+                    raise TaxonomyError(f"{path}: {at}.mean_rgb: expected [r, g, b], got {_shown(value)}")
                 merged[key] = tuple(_number(v, f"{at}.mean_rgb", path, minimum=0.0) for v in value)
             else:
                 merged[key] = _number(value, f"{at}.{key}", path, minimum=0.0)
@@ -165,7 +178,7 @@ def _merge_section(base: dict[str, Any], raw: Any, where: str, path: Path) -> di
     for name, value in _mapping(raw.get("features"), f"{where}.features", path, tuple(FEATURES)).items():
         at = f"{where}.features.{name}"
         if not isinstance(value, list) or len(value) != 2:
-            raise TaxonomyError(f"{path}: {at}: expected [mean, std], got {value!r}")
+            raise TaxonomyError(f"{path}: {at}: expected [mean, std], got {_shown(value)}")
         out["features"][name] = (_number(value[0], at, path), _number(value[1], at, path, minimum=0.0))
     for name, value in _mapping(raw.get("nuisance"), f"{where}.nuisance", path, NUISANCES).items():
         out["nuisance"][name] = _number(value, f"{where}.nuisance.{name}", path, minimum=0.0)
@@ -195,6 +208,11 @@ def load_taxonomy(path: str | Path | None = None) -> list[GroupSpec]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise TaxonomyError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        problem = f"not UTF-8 text: byte at offset {err.start} (expected a UTF-8 YAML file)"
+        raise TaxonomyError(f"{path}: {problem}") from None
+    except RecursionError:  # the YAML composer recurses once per nesting level
+        raise TaxonomyError(f"{path}: nested too deeply to read (expected a taxonomy)") from None
     doc = _mapping(doc, "(top level)", path, ("defaults", "groups"))
     base: dict[str, Any] = {
         "identity_spread": 1.0,
@@ -212,7 +230,7 @@ def load_taxonomy(path: str | Path | None = None) -> list[GroupSpec]:
         where = f"groups[{i}]"
         name = raw.get("name") if isinstance(raw, dict) else None
         if not isinstance(name, str) or not name.isidentifier():
-            raise TaxonomyError(f"{path}: {where}.name: expected an identifier-like string, got {name!r}")
+            raise TaxonomyError(f"{path}: {where}.name: expected an identifier-like string, got {_shown(name)}")
         if any(g.name == name for g in groups):
             raise TaxonomyError(f"{path}: {where}.name: duplicate group name {name!r}")
         merged = _merge_section(base, raw, where, path)
