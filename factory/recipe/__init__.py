@@ -1,7 +1,8 @@
 """Recipes: typed, strictly validated YAML that describes one build from data to release.
 
-The schema (one dataclass per section) lives in :mod:`factory.recipe.schema`; reading, ``extends``, ``--set``
-overrides and validation with located errors live in :mod:`factory.recipe.loader`.
+The schema (one dataclass per section) lives in :mod:`factory.recipe.schema`; reading YAML with locations,
+``extends`` and ``--set`` overrides in :mod:`factory.recipe.reading`; validation against the schema with located
+errors in :mod:`factory.recipe.loader`.
 """
 
 from factory.recipe.loader import RecipeError, RecipeIssue, load_recipe
