@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from factory.pipeline.lock import RunDirBusy
 from factory.recipe import RecipeError, load_recipe
@@ -77,8 +78,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _given(name: str) -> bool:
     """Whether option ``name`` was typed on the command line (not left at its default)."""
-    source = click.get_current_context().get_parameter_source(name)
-    return source is not None and source.name == "COMMANDLINE"
+    return click.get_current_context().get_parameter_source(name) is ParameterSource.COMMANDLINE
 
 
 def _refuse_ignored(flags: dict[str, str], reason: str) -> None:
@@ -200,11 +200,10 @@ def clean(recipe: Path, overrides: tuple[str, ...], dry_run: bool, wait: bool) -
 
 
 def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    if n < 1024:
+        return f"{n} B"
+    power = min(3, (n.bit_length() - 1) // 10)  # 1 KiB .. GiB
+    return f"{n / 1024**power:.1f} {('KiB', 'MiB', 'GiB')[power - 1]}"
 
 
 @main.command()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +75,19 @@ def procedural_bin(path: Path, pairs: int = 40, split: str = "helper-bin", seed:
     faces = world.synthesis(world.mapping(ids.z[index], ids.group[index]), make_generator(split, seed)).numpy()
     VerificationBin([encode_png(face) for face in faces], issame).save(path)
     return path
+
+
+@contextlib.contextmanager
+def holding_build_lock(run_dir: Path) -> Iterator[int]:
+    """Another process holds ``run_dir``'s build lock for the ``with`` block, as a build does; yields its pid."""
+    code = (
+        "import sys, time; from pathlib import Path; from factory.pipeline.lock import run_dir_lock\n"
+        "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

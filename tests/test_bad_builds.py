@@ -7,14 +7,16 @@ nothing written; the builds below run the shipped recipe shrunk to seconds.
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from bad_input import EXIT_INPUT, EXIT_MACHINE, ROOT, Case, check_case, invoke
-from helpers import DEMO_RECIPE, TINY_BUILD
+from helpers import DEMO_RECIPE, TINY_BUILD, holding_build_lock
 
 RECIPE, TINY = DEMO_RECIPE, TINY_BUILD
 
@@ -33,7 +35,9 @@ def embeddings_npz(tmp: Path) -> Path:
     return path
 
 
-def nothing_under(name: str):  # noqa: ANN201 - a Case.after check
+def nothing_under(name: str) -> Callable[[Path], None]:
+    """A Case.after check: ``name`` was not written."""
+
     def after(tmp: Path) -> None:
         assert not (tmp / name).exists(), f"{name} was written"
 
@@ -122,30 +126,15 @@ def test_bad_command_lines(case: Case, tmp_path: Path, monkeypatch: pytest.Monke
     check_case(case, tmp_path)
 
 
-def _hold_lock(run_dir: Path) -> subprocess.Popen[str]:
-    """Another process holding ``run_dir``'s build lock, as a running build does."""
-    code = (
-        "import sys, time; from pathlib import Path; from factory.pipeline.lock import run_dir_lock\n"
-        "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_a_busy_run_dir_is_refused_naming_the_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    holder = _hold_lock(run_dir)
-    try:
+    with holding_build_lock(run_dir) as pid:
         for args in (build_args(run_dir), ["clean", RECIPE, "--set", f"run_dir={run_dir}"]):
             out = invoke(args)
-            assert out.exit_code == EXIT_INPUT and f"is being built by pid {holder.pid} " in out.stderr, out.text
+            assert out.exit_code == EXIT_INPUT and f"is being built by pid {pid} " in out.stderr, out.text
             assert "--wait" in out.stderr
         assert sorted(p.name for p in run_dir.iterdir()) == [".build.lock"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_two_concurrent_builds_leave_one_consistent_cache(tmp_path: Path) -> None:
@@ -178,7 +167,7 @@ def test_a_machine_fault_is_named_and_has_its_own_exit_code(
     monkeypatch.chdir(tmp_path)
 
     def refuse(*args: object, dir: str = "", **kwargs: object) -> tuple[int, str]:  # noqa: A002 - mkstemp's name
-        raise OSError(code, __import__("os").strerror(code), dir)
+        raise OSError(code, os.strerror(code), dir)
 
     monkeypatch.setattr(factory.files.tempfile, "mkstemp", refuse)
     out = invoke(build_args(tmp_path / "run"))

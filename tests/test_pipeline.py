@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import holding_build_lock
 
 from factory.files import write_text
 from factory.pipeline.build import build
@@ -139,26 +138,10 @@ def test_failed_gate_without_an_earlier_release_says_so(tmp_path: Path) -> None:
 
 
 def test_builds_of_one_run_dir_take_turns(tmp_path: Path) -> None:
-    holder = _hold_lock(tmp_path)
-    try:
-        with pytest.raises(RunDirBusy, match=f"pid {holder.pid} "):
-            run(recipe(tmp_path))
-        assert not (tmp_path / "stages").exists()  # refused before any work
-    finally:
-        holder.kill()
-        holder.wait()
+    with holding_build_lock(tmp_path) as pid, pytest.raises(RunDirBusy, match=f"pid {pid} "):
+        run(recipe(tmp_path))
+    assert not (tmp_path / "stages").exists()  # refused before any work
     assert run(recipe(tmp_path)) == {"make": False, "derive": False, "release": False}  # the kernel freed the lock
-
-
-def _hold_lock(run_dir: Path) -> subprocess.Popen[str]:
-    """Another process that holds ``run_dir``'s build lock until killed (as a running build would)."""
-    code = (
-        "import sys, time; from pathlib import Path; from factory.pipeline.lock import run_dir_lock\n"
-        "with run_dir_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_clean_keeps_what_the_next_build_uses(tmp_path: Path) -> None:
