@@ -10,6 +10,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,14 +141,29 @@ def test_a_busy_run_dir_is_refused_naming_the_pid(tmp_path: Path, monkeypatch: p
 def test_two_concurrent_builds_leave_one_consistent_cache(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "factory", *build_args(run_dir), "--wait"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    # Both builds queue behind a held lock first, so they really contend (the data stage alone can take 0.5 s).
+    with holding_build_lock(run_dir) as holder:
+        procs = [
+            subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"
+        ]
+        deadline = time.monotonic() + 120
+        while _lock_waiters(run_dir / ".build.lock") < 2:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "builds did not queue"
+            time.sleep(0.1)
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    lines = [o[0] for o in outs]
+    assert all(f"waiting for pid {holder} " in out for out, _ in outs), outs
+    lines = [out for out, _ in outs]
     assert sorted("cached" in line for line in lines) == [False, True], lines  # one rendered, the other reused it
-    assert any("waiting for pid" in o[0] + o[1] for o in outs), outs
     (key,) = [p.name for p in (run_dir / "stages" / "data").iterdir()]
     assert not key.endswith(".partial") and (run_dir / "stages" / "data" / key / "stage.json").is_file()
+
+
+def _lock_waiters(lock: Path) -> int:
+    """Processes blocked on ``lock``'s flock: the kernel lists them in /proc/locks as ``-> FLOCK ... MAJ:MIN:INODE``."""
+    inode = lock.stat().st_ino
+    entries = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for e in entries if "->" in e and e.split()[6].rsplit(":", 1)[-1] == str(inode))
 
 
 def test_a_nan_loss_exits_2_with_its_message(tmp_path: Path) -> None:
