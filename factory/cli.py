@@ -16,7 +16,7 @@ import click
 from click.core import ParameterSource
 
 from factory.pipeline.lock import RunDirBusy
-from factory.recipe import RecipeError, load_recipe
+from factory.recipe import Recipe, RecipeError, load_recipe
 from factory.recipe.schema import usable_cpus
 from factory.registry import UnknownNameError
 
@@ -149,18 +149,19 @@ def build(
     directory at a time. A failed gate writes no release: <run_dir>/release keeps naming the last bundle that
     passed, and <run_dir>/release.failed.json records what failed.
     """
-    from factory.evaluate.tables import accuracy_table
     from factory.pipeline.build import build as run_build
     from factory.pipeline.stage import GateFailure
     from factory.release.gates import GateResult, format_gate_table
 
     parsed = load_recipe(recipe, list(overrides))
+    _warn_benchmark(parsed)
     show = sys.stderr.isatty() if progress is None else progress
     try:
         result = run_build(parsed, force=force, until=until, progress=show, wait=wait)
     except GateFailure as failure:
         if failure.validation is not None:
-            click.echo("\n" + accuracy_table(failure.validation) + "\n")
+            _echo_validation(failure.validation)
+            click.echo()
         click.echo(format_gate_table([GateResult(**g) for g in failure.gates]))
         click.echo(str(failure), err=True)
         click.echo(f"no new release written; the failure is recorded in {failure.record}", err=True)
@@ -170,11 +171,21 @@ def build(
             click.echo("no earlier release of this run directory exists", err=True)
         sys.exit(EXIT_GATE)
     if "validate" in result.stages:
-        click.echo("\n" + accuracy_table(result.stages["validate"].metrics))
+        _echo_validation(result.stages["validate"].metrics)
     if result.release_dir is not None:
         gates = result.stages["release"].metrics["gates"]
         click.echo("\n" + format_gate_table([GateResult(**g) for g in gates]) + "\n")
         click.echo(str(result.release_dir.resolve()))
+
+
+def _echo_validation(metrics: dict[str, Any]) -> None:
+    """The accuracy table and, when artifacts were compared with their parents, the paired comparisons."""
+    from factory.evaluate.tables import accuracy_table, comparison_table
+
+    click.echo("\n" + accuracy_table(metrics))
+    paired = comparison_table(metrics)
+    if paired:
+        click.echo("\npaired with the parent artifact (same pairs and draws; McNemar p per group):\n" + paired)
 
 
 @main.command()
@@ -218,10 +229,19 @@ def check(recipe: Path, overrides: tuple[str, ...], resolved: bool) -> None:
     FILE:LINE: dotted.key: what is wrong (what is expected).
     """
     parsed = load_recipe(recipe, list(overrides))
+    _warn_benchmark(parsed)
     if resolved:
         click.echo(parsed.to_yaml(), nl=False)
     else:
         click.echo(f"{recipe}: ok")
+
+
+def _warn_benchmark(parsed: Recipe) -> None:
+    """What the recipe's benchmark cannot resolve (FMR targets, confidence gates): ``warning:`` lines on stderr."""
+    from factory.evaluate.planning import recipe_warnings
+
+    for line in recipe_warnings(parsed):
+        click.echo(f"warning: {line}", err=True)
 
 
 @main.group()
@@ -264,6 +284,29 @@ def preview(source: Path | None, out: Path, identities: int, samples: int) -> No
         make_world(parsed.data.world), out, identities=identities, samples=samples, seed=parsed.seed
     ):
         click.echo(str(path))
+
+
+@data.command("plan")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_friendly
+def data_plan(recipe: Path, overrides: tuple[str, ...], as_json: bool) -> None:
+    """How many benchmark pairs per group resolve RECIPE's gates and FMR targets, and what its size resolves.
+
+    Estimates come from the newest validation in the recipe's run directory (per-group accuracies, interval widths,
+    the INT8 comparison's discordant pairs), or from stated assumptions before the first build. Try another size
+    with --set data.benchmark_pairs_per_group=N. Warnings (what the size cannot resolve) go to stderr; the exit
+    code is 0 whatever the plan says.
+    """
+    import json
+
+    from factory.evaluate.planning import format_plan, plan_benchmark, plan_warnings
+
+    plan = plan_benchmark(load_recipe(recipe, list(overrides)))
+    click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else format_plan(plan, str(recipe)))
+    for line in plan_warnings(plan):
+        click.echo(f"warning: {line}", err=True)
 
 
 @data.command()
@@ -407,17 +450,21 @@ def eval_command(
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
-    fair = report["fairness"]
+    from factory.evaluate.operational import format_operational
+    from factory.evaluate.tables import percent_interval
+
+    fair, level = report["fairness"], report["uncertainty"]["level"]
+    click.echo(f"accuracy % (± half the {level:.0%} bootstrap interval over subjects)")
     for name, group in report["groups"].items():
-        click.echo(f"{name:<14}{100 * group['accuracy_mean']:>8.2f} ± {100 * group['accuracy_std']:.2f}")
-    std = "-" if fair["std"] is None else f"{100 * fair['std']:.2f}"
-    click.echo(f"{'mean':<14}{100 * fair['mean']:>8.2f}   STD {std}   SER {fair['ser']}")
+        click.echo(f"{name:<14}{percent_interval(group['accuracy_mean'], group['ci']):>14}")
+    std = "-" if fair["std"] is None else percent_interval(fair["std"], fair["ci"]["std"], "brackets")
+    ser_point, *ser_bounds = (
+        f"{v:.2f}" if isinstance(v, float) else str(v) for v in (fair["ser"], *(fair["ci"]["ser"] or ()))
+    )
+    ser_text = ser_point + (f" [{', '.join(ser_bounds)}]" if ser_bounds else "")
+    click.echo(f"{'mean':<14}{percent_interval(fair['mean'], fair['ci']['mean']):>14}   STD {std}   SER {ser_text}")
     for key, block in report["operational"].items():
-        flag = "" if block["supported"] else "  (too few impostors for this FMR: rule of 3)"
-        rates = ", ".join(
-            f"{g} FMR {e['fmr']:.2g} FNMR {e['fnmr']:.3f}" for g, e in block["groups"].items() if e["fmr"] is not None
-        )
-        click.echo(f"FMR {key}: threshold {block['threshold']:.4f}; {rates}{flag}")
+        click.echo(format_operational(key, block))
 
 
 @main.group()

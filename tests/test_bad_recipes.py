@@ -232,6 +232,76 @@ CASES = [
         ["r.yaml:2: gates.max_latency_ms:", "(expected a number > 0)"],
         max_lines=1,
     ),
+    # A gate as a mapping: {limit, mode, unresolvable}
+    Case(
+        "gate-limit-as-percent",
+        recipe("gates:\n  min_accuracy: {limit: 85, mode: confidence}\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: gates.min_accuracy.limit: got 85.0", "(expected a number in [0, 1])"],
+        max_lines=1,
+    ),
+    Case(
+        "gate-latency-limit-zero",
+        recipe("gates:\n  max_latency_ms: {limit: 0}\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: gates.max_latency_ms.limit: got 0.0", "(expected a number > 0)"],
+        max_lines=1,
+    ),
+    Case(
+        "gate-without-limit",
+        recipe("gates:\n  max_std:\n    mode: confidence\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: gates.max_std: missing 'limit' (expected a number in [0, 1])"],
+        max_lines=1,
+    ),
+    Case(
+        "gate-mode-typo",
+        recipe("gates:\n  max_std: {limit: 0.05, mode: confident}\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: gates.max_std.mode: got 'confident' (expected 'point' or 'confidence')"],
+        max_lines=1,
+    ),
+    Case(
+        "gate-unresolvable-not-a-verdict",
+        recipe("gates:\n  max_int8_drop: {limit: 0.01, unresolvable: warn}\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: gates.max_int8_drop.unresolvable: got 'warn' (expected 'pass' or 'fail')"],
+        max_lines=1,
+    ),
+    Case(
+        "gate-unresolvable-ignored-by-a-point-gate",
+        recipe("gates:\n  max_int8_drop:\n    limit: 0.01\n    mode: point\n    unresolvable: pass\n"),
+        EXIT_INPUT,
+        ["r.yaml:5: gates.max_int8_drop.unresolvable: only applies with mode 'confidence'"],
+        max_lines=1,
+    ),
+    Case(
+        "gate-unknown-key",
+        recipe("gates:\n  max_std: {limit: 0.05, unresolved: pass}\n"),
+        EXIT_INPUT,
+        [
+            "r.yaml:2: gates.max_std.unresolved: unknown key (did you mean 'unresolvable'? expected one of: limit, "
+            "mode, unresolvable)"
+        ],
+        max_lines=1,
+    ),
+    Case(
+        "gate-as-a-list",
+        recipe("gates:\n  max_std: [0.05, confidence]\n"),
+        EXIT_INPUT,
+        [
+            "r.yaml:2: gates.max_std: got list [0.05, 'confidence'] (expected a number or a mapping (limit, mode, "
+            "unresolvable) or null)"
+        ],
+        max_lines=1,
+    ),
+    Case(
+        "gate-mode-by-set",
+        recipe("gates:\n  max_std: {limit: 0.05}\n", "--set", "gates.max_std.mode=strict"),
+        EXIT_INPUT,
+        ["--set gates.max_std.mode=strict: gates.max_std.mode: got 'strict' (expected 'point' or 'confidence')"],
+        max_lines=1,
+    ),
     Case(
         "parity-cosine-zero",
         recipe("export:\n  min_parity_cosine: 0\n"),

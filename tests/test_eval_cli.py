@@ -36,9 +36,11 @@ def test_embeddings_json_has_the_documented_keys(tmp_path: Path) -> None:
     assert code == 0, out
     report = json.loads(out)
     assert 0.5 < report["overall"]["accuracy_mean"] <= 1 and "accuracy_std" in report["overall"]
-    assert set(report["overall"]["tar_at_far"]["1e-03"]) == {"tar", "tar_std", "far"}
+    assert set(report["overall"]["tar_at_far"]["1e-03"]) == {"tar", "tar_std", "far", "supported"}
     assert set(report["groups"]) == {"a", "b"} and "accuracy_mean" in report["groups"]["a"]
-    assert {"std", "std_population", "ser"} <= set(report["fairness"])
+    assert len(report["groups"]["a"]["ci"]) == 2 and report["uncertainty"]["replicates"] == 50
+    assert {"std", "std_population", "ser", "ci"} <= set(report["fairness"])
+    assert set(report["fairness"]["ci"]) == {"mean", "std", "ser"}
     block = report["operational"]["1e-03"]
     assert {"threshold", "groups", "summary", "supported"} <= set(block) and block["supported"] is False
     assert {"fmr", "fnmr", "fmr_ci", "fnmr_ci", "fmr_supported"} <= set(block["groups"]["a"])

@@ -13,6 +13,7 @@ from factory.evaluate.fairness import summarize_groups
 from factory.evaluate.latency import measure_latency
 from factory.evaluate.verification import (
     THRESHOLDS,
+    VAL_THRESHOLDS,
     correct_counts,
     fold_slices,
     fuse_flip,
@@ -264,6 +265,143 @@ def test_operational_fairness_per_group_at_one_threshold() -> None:
     assert a["fmr_supported"]  # 1000 impostors in the group back FMR 1e-2 (>= 300) ...
     fine = result["1e-03"]
     assert not fine["supported"] and not fine["groups"]["a"]["fmr_supported"]  # ... but not 1e-3 (< 3000)
+    assert fine["threshold"]["unsupported"].startswith("rule of 3: 2000 impostor pairs")
+    assert fine["groups"]["b"]["fmr"]["estimate"] > fine["groups"]["a"]["fmr"]["estimate"]  # marked, still measured
+
+
+def golden_operational_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Group a: 40 impostors, 10 genuine; group b: 10 impostors, 10 genuine; scores chosen to count by hand."""
+    imp_a = np.r_[np.arange(37) / 100, [0.91, 0.92, 0.93]]  # 0.00 .. 0.36, then three high impostors
+    imp_b = np.r_[np.arange(8) / 100, [0.96, 0.97]]
+    gen_a = np.r_[[0.30, 0.35], np.full(8, 0.8)]  # two below a threshold just above 0.36
+    gen_b = np.r_[[0.20], np.full(9, 0.8)]
+    scores = np.r_[imp_a, gen_a, imp_b, gen_b]
+    issame = np.r_[np.zeros(40, bool), np.ones(10, bool), np.zeros(10, bool), np.ones(10, bool)]
+    groups = np.r_[np.zeros(50, int), np.ones(20, int)]
+    return scores, issame, groups, np.arange(70)
+
+
+def test_operational_golden_supported_target_gives_numbers_and_marks_only_the_short_group() -> None:
+    from factory.evaluate.operational import operational_fairness
+
+    scores, issame, groups, subjects = golden_operational_pairs()
+    # FMR 0.1 needs 30 impostors (rule of 3): 50 overall and group a's 40 back it, group b's 10 do not. 5 false
+    # matches are allowed over 50: the 5 high impostors, so the threshold lies just above 0.36.
+    block = operational_fairness(scores, issame, groups, ["a", "b"], subjects, targets=(0.1,), replicates=50)["1e-01"]
+    assert block["supported"] and block["threshold"] == np.nextafter(0.36, 1) and block["fmr"] == 0.1
+    a, b = block["groups"]["a"], block["groups"]["b"]
+    assert (a["fmr"], a["fnmr"], b["fnmr"]) == (3 / 40, 0.2, 0.1)  # plain numbers
+    assert isinstance(a["fmr_ci"], list) and isinstance(b["fnmr_ci"], list)
+    assert b["fmr"] == {
+        "unsupported": "rule of 3: group 'b' has 10 impostor pairs, which support FMR >= 3.0e-01 at best, not 1e-01 "
+        "(needs 30)",
+        "estimate": 0.2,
+    }
+    assert b["fmr_ci"]["unsupported"] == b["fmr"]["unsupported"] and len(b["fmr_ci"]["estimate"]) == 2
+    summary = block["summary"]
+    assert summary["fnmr_max_min"] == pytest.approx(2.0)  # FNMR alone: measured at a supported threshold
+    assert summary["fnmr_max_geomean"] == pytest.approx(0.2 / math.sqrt(0.2 * 0.1))
+    for key in ("fmr_max_geomean", "fmr_max_min", "garbe", "fdr"):
+        assert "group 'b'" in summary[key]["unsupported"], key
+    assert summary["fmr_max_min"]["estimate"] == pytest.approx(0.2 / 0.075)
+    assert summary["fdr"]["estimate"] == pytest.approx(1 - 0.5 * (0.2 - 0.075) - 0.5 * 0.1)
+
+
+def test_operational_golden_unsupported_target_marks_every_figure() -> None:
+    from factory.evaluate.operational import operational_fairness
+
+    scores, issame, groups, subjects = golden_operational_pairs()
+    # FMR 1e-2 needs 300 impostors; 50 leave the threshold itself to chance (no false match allowed: above 0.97).
+    block = operational_fairness(scores, issame, groups, ["a", "b"], subjects, targets=(1e-2,), replicates=50)["1e-02"]
+    why = "rule of 3: 50 impostor pairs, which support FMR >= 6.0e-02 at best, not 1e-02 (needs 300)"
+    assert not block["supported"]
+    assert block["threshold"] == {"unsupported": why, "estimate": np.nextafter(0.97, 1)}
+    assert block["fmr"] == {"unsupported": why, "estimate": 0.0}
+    for name, fnmr in (("a", 1.0), ("b", 1.0)):
+        entry = block["groups"][name]
+        assert entry["fmr"] == {"unsupported": why, "estimate": 0.0}
+        assert entry["fnmr"] == {"unsupported": why, "estimate": fnmr}  # read at an unsupported threshold
+        assert entry["fmr_ci"]["unsupported"] == entry["fnmr_ci"]["unsupported"] == why
+        assert (entry["false_matches"], entry["genuine"]) == (0, 10)  # counts are observations, not estimates
+    assert block["summary"]["fmr_max_min"] == {"unsupported": why, "estimate": "not estimable"}
+    assert all(v["unsupported"] == why for v in block["summary"].values())
+
+
+def plain_numbers(value: object, path: str = "") -> list[str]:
+    """Paths of every number in ``value`` that is not a count and not inside an unsupported mark."""
+    counts = {"target_fmr", "target", "genuine", "impostors", "false_matches", "false_non_matches", "pairs"}
+    if isinstance(value, dict):
+        if "unsupported" in value:
+            return []
+        return [p for k, v in value.items() if k not in counts for p in plain_numbers(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in plain_numbers(v, f"{path}[{i}]")]
+    return [path] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_no_plain_number_where_the_target_is_unsupported() -> None:
+    import json
+
+    from factory.evaluate.ledger import build_ledger
+    from factory.evaluate.operational import cross_group_fmr, report_lines
+
+    # Group a: 400 impostors, group b: 40. FMR 1e-2 (300 needed) is backed overall and in a, not in b; FMR 1e-3 is
+    # backed nowhere. The JSON goes through a file, as the manifest does.
+    rng = np.random.default_rng(3)
+    per_group = {"a": 800, "b": 80}
+    issame = np.concatenate([np.tile([True, False], n // 2) for n in per_group.values()])
+    groups = np.repeat([0, 1], list(per_group.values()))
+    emb = rng.normal(size=(2 * len(issame), 16))
+    emb[1::2][issame] = emb[0::2][issame] + 1.2 * rng.normal(size=(issame.sum(), 16))
+    bench = PairBenchmark(np.zeros((len(emb), 3, 2, 2), np.uint8), issame, groups, np.arange(len(emb)), ("a", "b"))
+    evaluation = evaluate_embeddings(emb, bench, targets=(1e-2, 1e-3), replicates=20).to_dict()
+    scores = 1.0 - pair_distances(emb) / 2.0
+    evaluation["cross_group_fmr"] = cross_group_fmr(
+        scores[~issame], groups[~issame], rng.uniform(-0.3, 0.3, 100), np.tile([0, 1], (100, 1)), n_groups=2
+    )
+    evaluation = json.loads(json.dumps(evaluation))
+    operational = evaluation["operational"]
+
+    assert not operational["1e-03"]["supported"] and plain_numbers(operational["1e-03"]) == []
+    backed = operational["1e-02"]
+    assert backed["supported"] and not backed["groups"]["b"]["fmr_supported"]
+    assert sorted(plain_numbers(backed)) == sorted(
+        [".threshold", ".fmr", ".summary.fnmr_max_geomean", ".summary.fnmr_max_min"]
+        + [f".groups.a.{k}" for k in ("fmr", "fnmr", "fmr_ci[0]", "fmr_ci[1]", "fnmr_ci[0]", "fnmr_ci[1]")]
+        + [".groups.b.fnmr", ".groups.b.fnmr_ci[0]", ".groups.b.fnmr_ci[1]"]
+    )  # group b's FMR, its interval and every FMR-based summary are marked; nothing else is
+    cross = evaluation["cross_group_fmr"]  # same-group cells of 400 and 40 pairs, the cross cell of 100
+    assert plain_numbers(cross) == [".threshold", ".matrix[0][0]"]
+
+    validation = {"artifacts": {"m": {"evaluation": evaluation}}, "order": ["m"], "groups": ["a", "b"]}
+    (row,) = build_ledger(validation, target="1e-03")
+    assert plain_numbers(row["fmr"]) == plain_numbers(row["fnmr"]) == [] and len(row["fmr"]) == 2
+    (row,) = build_ledger(validation, target="1e-02")
+    assert plain_numbers(row["fmr"]) == [".a"] and plain_numbers(row["fnmr"]) == [".a", ".b"]
+    (line,) = report_lines(validation, "1e-03")  # the release report's lines show the mark, not the estimate alone
+    assert line.startswith("- m: FMR 1e-03: threshold n/s (est ") and "(unsupported: rule of 3: 440 impostor" in line
+
+
+def test_unsupported_figures_are_drawn_and_printed_as_such(tmp_path) -> None:
+    from factory.evaluate.operational import cross_group_fmr, format_operational, operational_fairness
+    from factory.evaluate.plots import fmr_heatmap, score_histograms
+
+    scores, issame, groups, subjects = golden_operational_pairs()
+    result = operational_fairness(scores, issame, groups, ["a", "b"], subjects, targets=(0.1, 1e-2), replicates=0)
+    supported, unsupported = format_operational("1e-01", result["1e-01"]), format_operational("1e-02", result["1e-02"])
+    assert supported.startswith("FMR 1e-01: threshold 0.3600; a FMR 0.075 FNMR 0.200, b FMR n/s (est 0.2) FNMR 0.100")
+    assert "FMR of b unsupported" in supported and "rule of 3" in supported
+    assert unsupported.startswith("FMR 1e-02: threshold n/s (est 0.9700); a FMR n/s (est 0) FNMR n/s (est 1.000)")
+    assert unsupported.endswith(
+        "(unsupported: rule of 3: 50 impostor pairs, which support FMR >= 6.0e-02 at best, not 1e-02 (needs 300))"
+    )
+    for threshold in (result["1e-01"]["threshold"], result["1e-02"]["threshold"]):
+        score_histograms(scores, issame, groups, ["a", "b"], tmp_path / "h.png", threshold)
+    mixed = cross_group_fmr(np.zeros(200), np.repeat([0, 1], 100), np.zeros(100), np.tile([0, 1], (100, 1)), 2, 3e-2)
+    mixed["matrix"][0][1] = mixed["matrix"][1][0] = {"unsupported": "rule of 3: test", "estimate": 0.5}
+    none = cross_group_fmr(np.zeros(200), np.repeat([0, 1], 100), np.zeros(100), np.tile([0, 1], (100, 1)), 2, 1e-3)
+    for heat in (mixed, none):  # partly and wholly unsupported: no colour scale to build from in the second
+        assert fmr_heatmap(heat, ["a", "b"], tmp_path / "f.png").stat().st_size > 0
 
 
 def loop_tar_at_far(dist: np.ndarray, issame: np.ndarray, target: float) -> tuple[float, float, float]:
@@ -272,8 +410,8 @@ def loop_tar_at_far(dist: np.ndarray, issame: np.ndarray, target: float) -> tupl
     tars, fars = [], []
     for test in folds:
         train = np.setdiff1d(np.arange(len(dist)), test)
-        far_train = np.array([np.mean(dist[train][~issame[train]] < t) for t in THRESHOLDS])
-        threshold = np.interp(target, far_train, THRESHOLDS) if far_train.max() >= target else 0.0
+        far_train = np.array([np.mean(dist[train][~issame[train]] < t) for t in VAL_THRESHOLDS])
+        threshold = np.interp(target, far_train, VAL_THRESHOLDS) if far_train.max() >= target else 0.0
         accept = dist[test] < threshold
         tars.append(accept[issame[test]].mean())
         fars.append(accept[~issame[test]].mean())
@@ -296,11 +434,35 @@ def test_cross_group_fmr_matrix_golden() -> None:
     from factory.evaluate.operational import cross_group_fmr
 
     # 100 same-group impostors per group (groups 0, 1) and 100 cross pairs (0, 1); threshold for FMR 1e-2 over all
-    # 300 is just above the 4th highest score: the three highest impostors are accepted.
+    # 300 is just above the 4th highest score: the three highest impostors are accepted. 300 pairs back the threshold
+    # (rule of 3), but no cell of 100 backs its own FMR 1e-2: every cell is marked, its estimate kept.
     same = np.r_[np.linspace(0, 0.5, 100), np.linspace(0, 0.5, 100)]
     same_cells = np.repeat([0, 1], 100)
     cross = np.r_[np.linspace(0, 0.5, 97), [0.9, 0.95, 0.99]]
     result = cross_group_fmr(same, same_cells, cross, np.tile([0, 1], (100, 1)), n_groups=2, target=1e-2)
-    assert result["matrix"][0][1] == result["matrix"][1][0] == pytest.approx(0.03)
-    assert result["matrix"][0][0] == result["matrix"][1][1] == 0.0
+    assert result["supported"] and 0.5 < result["threshold"] < 0.9
+    m = result["matrix"]
+    assert m[0][1] == m[1][0] == {"unsupported": UNSUPPORTED_CELL, "estimate": pytest.approx(0.03)}
+    assert m[0][0]["estimate"] == m[1][1]["estimate"] == 0.0 and "cell (0, 0) has 100" in m[0][0]["unsupported"]
     assert result["pairs"] == [[100, 100], [100, 100]]
+
+
+UNSUPPORTED_CELL = (
+    "rule of 3: cell (0, 1) has 100 impostor pairs, which support FMR >= 3.0e-02 at best, not 1e-02 (needs 300)"
+)
+
+
+def test_cross_group_fmr_cells_backed_by_their_pairs_are_numbers() -> None:
+    from factory.evaluate.operational import cross_group_fmr
+
+    # Same scores as above but all same-group impostors at 0: at FMR 3e-2 (100 pairs needed) every cell is backed;
+    # 9 false matches are allowed over 300, only the 3 high cross pairs lie above 0.
+    same, same_cells = np.zeros(200), np.repeat([0, 1], 100)
+    cross = np.r_[np.zeros(97), [0.9, 0.95, 0.99]]
+    result = cross_group_fmr(same, same_cells, cross, np.tile([0, 1], (100, 1)), n_groups=2, target=3e-2)
+    assert result["supported"] and 0 < result["threshold"] < 1e-300
+    assert result["matrix"] == [[0.0, pytest.approx(0.03)], [pytest.approx(0.03), 0.0]]
+    # Too few pairs overall for FMR 1e-3 (300 < 3000): the threshold and every cell are marked, for that reason.
+    coarse = cross_group_fmr(same, same_cells, cross, np.tile([0, 1], (100, 1)), n_groups=2, target=1e-3)
+    assert not coarse["supported"] and coarse["threshold"]["unsupported"].startswith("rule of 3: 300 impostor pairs")
+    assert all(cell["unsupported"] == coarse["threshold"]["unsupported"] for row in coarse["matrix"] for cell in row)

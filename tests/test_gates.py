@@ -1,9 +1,25 @@
-"""Release gates as rules over artifact records, on a synthetic validation (no build)."""
+"""Release gates as rules over artifact records, on a synthetic validation (no build): point and confidence modes."""
 
 from __future__ import annotations
 
-from factory.recipe import GatesConfig
-from factory.release.gates import evaluate_gates, failure_message
+import math
+from pathlib import Path
+
+import pytest
+
+from factory.recipe import GatesConfig, load_recipe
+from factory.recipe.schema import GateSpec, LatencyGateSpec
+from factory.release.gates import (
+    FAIL,
+    PASS,
+    UNRESOLVED,
+    GateResult,
+    decide,
+    evaluate_gates,
+    failure_message,
+    format_gate_table,
+    gate_summary,
+)
 from factory.runtime.artifacts import Artifact
 
 
@@ -73,3 +89,234 @@ def test_an_int8_artifact_without_a_measured_parent_fails_its_drop_gate() -> Non
     }
     (row,) = [r for r in evaluate_gates(GatesConfig(), metrics, orphan) if "drop" in r.gate]
     assert not row.passed and row.gate.endswith("(n/a)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gates that know their uncertainty: point and confidence modes, not-resolvable outcomes, the table and messages
+# --------------------------------------------------------------------------------------------------------------
+
+
+def measured(mean: float, mean_ci: list, std: float, std_ci: list | None, ms: float | None = None, ms_ci=None) -> dict:
+    """A validation entry with the intervals the validate stage writes (fractions; latency in ms)."""
+    out: dict = {
+        "evaluation": {
+            "fairness": {"mean": mean, "std": std, "ci": {"mean": mean_ci, "std": std_ci, "ser": [1.1, "inf"]}},
+            "uncertainty": {"level": 0.95, "replicates": 1000, "seed": 0, "unit": "subject"},
+        }
+    }
+    if ms is not None:
+        out["latency"] = {"median_ms": ms, "median_ci": ms_ci}
+    return out
+
+
+def paired(against: str, delta: float, ci: list) -> dict:
+    return {"against": against, "level": 0.95, "mean": {"delta": delta, "ci": ci}, "std": None, "groups": {}}
+
+
+LINEAGE = [
+    Artifact("teacher", ("t.pt",), "torch", reference=True),
+    Artifact("fp32", ("s.onnx",), "onnxruntime", derived_from="teacher", golden_min_cosine=0.9999),
+    Artifact("int8", ("a.xml", "a.bin"), "openvino", "int8", derived_from="fp32", golden_min_cosine=0.99),
+]
+
+
+def lineage_metrics(drop_ci: list, against: str = "fp32") -> dict:
+    return {
+        "order": ["teacher", "fp32", "int8"],
+        "artifacts": {
+            "teacher": measured(0.90, [0.89, 0.91], 0.02, [0.01, 0.03]),
+            "fp32": measured(0.8862, [0.8750, 0.8970], 0.0345, [0.0231, 0.0492], 2.05, [1.98, 2.11]),
+            "int8": measured(0.8729, [0.8610, 0.8840], 0.0401, [0.0270, 0.0560], 1.61, [1.58, 1.66]),
+        },
+        # delta = int8 minus fp32: the drop is its negative (0.0133), with the bounds swapped
+        "comparisons": {"int8": paired(against, -0.0133, [-b for b in reversed(drop_ci)])},
+    }
+
+
+def rows_of(gates: GatesConfig, metrics: dict) -> dict[tuple[str, str], GateResult]:
+    return {(r.artifact, r.key): r for r in evaluate_gates(gates, metrics, LINEAGE)}
+
+
+CONFIDENCE = GateSpec(0.0, mode="confidence")  # decide() only reads mode and unresolvable
+LENIENT = GateSpec(0.0, mode="confidence", unresolvable="pass")
+POINT = GateSpec(0.0, mode="point")
+
+
+@pytest.mark.parametrize(
+    ("value", "interval", "limit", "comparison", "spec", "expected"),
+    [
+        # <= gates: the upper bound must be inside to pass, the lower bound outside to fail
+        (0.03, (0.02, 0.04), 0.05, "<=", CONFIDENCE, (PASS, True, False)),
+        (0.03, (0.02, 0.05), 0.05, "<=", CONFIDENCE, (PASS, True, False)),  # inclusive, like the point check
+        (0.07, (0.06, 0.08), 0.05, "<=", CONFIDENCE, (FAIL, False, False)),
+        (0.05, (0.05, 0.08), 0.05, "<=", CONFIDENCE, (UNRESOLVED, False, True)),  # not shown above the limit
+        (0.04, (0.03, 0.06), 0.05, "<=", CONFIDENCE, (UNRESOLVED, False, True)),
+        (0.04, (0.03, 0.06), 0.05, "<=", LENIENT, (UNRESOLVED, True, True)),
+        (0.07, (0.03, 0.09), 0.05, "<=", LENIENT, (UNRESOLVED, True, True)),  # the point estimate does not matter
+        # >= gates: the lower bound must be inside to pass, the upper bound outside to fail
+        (0.88, (0.86, 0.90), 0.85, ">=", CONFIDENCE, (PASS, True, False)),
+        (0.83, (0.82, 0.84), 0.85, ">=", CONFIDENCE, (FAIL, False, False)),
+        (0.86, (0.84, 0.88), 0.85, ">=", CONFIDENCE, (UNRESOLVED, False, True)),
+        # point mode decides by the estimate and only marks a straddling interval
+        (0.04, (0.03, 0.06), 0.05, "<=", POINT, (PASS, True, True)),
+        (0.06, (0.04, 0.07), 0.05, "<=", POINT, (FAIL, False, True)),
+        (0.03, (0.02, 0.04), 0.05, "<=", POINT, (PASS, True, False)),
+        (0.04, None, 0.05, "<=", POINT, (PASS, True, False)),
+        # confidence without an interval cannot be checked: it fails, whatever `unresolvable` says
+        (0.01, None, 0.05, "<=", LENIENT, (FAIL, False, False)),
+    ],
+)
+def test_decide(value: float, interval, limit: float, comparison: str, spec: GateSpec, expected: tuple) -> None:
+    assert decide(value, interval, limit, comparison, spec) == expected
+
+
+def test_a_bare_number_is_a_point_gate_with_its_interval_shown() -> None:
+    metrics = lineage_metrics(drop_ci=[0.0042, 0.0231])
+    bare = evaluate_gates(GatesConfig(min_accuracy=0.85, max_std=0.05, max_int8_drop=0.01), metrics, LINEAGE)
+    spelled = GatesConfig(
+        min_accuracy=GateSpec(0.85, "point"),
+        max_std=GateSpec(0.05, "point"),
+        max_int8_drop=GateSpec(0.01, "point"),
+        max_latency_ms=LatencyGateSpec(50.0, "point"),
+    )
+    assert bare == evaluate_gates(spelled, metrics, LINEAGE)
+    rows = {(r.artifact, r.key): r for r in bare}
+    std = rows["int8", "max_std"]
+    assert (std.mode, std.outcome, std.passed, std.straddles) == ("point", PASS, True, True)
+    assert std.interval == [0.027, 0.056] and std.level == 0.95
+    drop = rows["int8", "max_int8_drop"]
+    assert (drop.outcome, drop.straddles) == (FAIL, True) and abs(drop.value - 0.0133) < 1e-12
+    assert drop.interval == pytest.approx([0.0042, 0.0231])
+
+
+@pytest.mark.parametrize(
+    ("drop_ci", "unresolvable", "outcome", "passed"),
+    [
+        ([0.0112, 0.0201], "fail", FAIL, False),  # shown real and above the limit
+        ([0.0042, 0.0100], "fail", PASS, True),  # shown within the limit
+        ([0.0042, 0.0231], "fail", UNRESOLVED, False),
+        ([0.0042, 0.0231], "pass", UNRESOLVED, True),
+        ([-0.0030, 0.0231], "pass", UNRESOLVED, True),  # not even shown to be a drop
+    ],
+)
+def test_drift_gate_in_confidence_mode_uses_the_paired_interval(
+    drop_ci: list, unresolvable: str, outcome: str, passed: bool
+) -> None:
+    only = GateSpec(0.01, unresolvable=unresolvable)
+    gates = GatesConfig(min_accuracy=None, max_std=None, max_int8_drop=only, max_latency_ms=None)
+    (row,) = evaluate_gates(gates, lineage_metrics(drop_ci), LINEAGE)
+    assert (row.artifact, row.gate, row.mode) == ("int8", "INT8 drop vs FP32", "confidence")
+    assert (row.outcome, row.passed) == (outcome, passed)
+    assert row.interval == pytest.approx(drop_ci)
+
+
+def test_a_comparison_with_another_artifact_is_not_the_drop_interval() -> None:
+    # The drop gate compares with the recorded parent; a comparison against anything else does not count.
+    metrics = lineage_metrics([0.0042, 0.0100], against="teacher")
+    confidence = rows_of(GatesConfig(max_int8_drop=GateSpec(0.01, unresolvable="pass")), metrics)[
+        "int8", "max_int8_drop"
+    ]
+    assert confidence.interval is None and (confidence.outcome, confidence.passed) == (FAIL, False)
+    point = rows_of(GatesConfig(max_int8_drop=0.02), metrics)["int8", "max_int8_drop"]
+    assert point.interval is None and point.passed
+
+
+def test_confidence_gates_on_every_interval() -> None:
+    gates = GatesConfig(
+        min_accuracy=GateSpec(0.87),
+        max_std=GateSpec(0.05),
+        max_int8_drop=GateSpec(0.01, unresolvable="pass"),
+        max_latency_ms=LatencyGateSpec(2.0),
+    )
+    rows = rows_of(gates, lineage_metrics([0.0042, 0.0231]))
+    assert {k: (r.outcome, r.passed) for k, r in rows.items()} == {
+        ("fp32", "min_accuracy"): (PASS, True),  # [87.50, 89.70] clears 87 %
+        ("fp32", "max_std"): (PASS, True),  # [2.31, 4.92] under 5
+        ("fp32", "max_latency_ms"): (UNRESOLVED, False),  # [1.98, 2.11] ms holds 2 ms
+        ("int8", "min_accuracy"): (UNRESOLVED, False),  # [86.10, 88.40] holds 87 %
+        ("int8", "max_std"): (UNRESOLVED, False),  # [2.70, 5.60] holds 5
+        ("int8", "max_latency_ms"): (PASS, True),
+        ("int8", "max_int8_drop"): (UNRESOLVED, True),  # recipe: unresolvable passes
+    }
+
+
+def test_gate_table_and_failure_message() -> None:
+    gates = GatesConfig(
+        min_accuracy=0.85, max_std=GateSpec(0.05), max_int8_drop=GateSpec(0.01, unresolvable="pass"), max_latency_ms=10
+    )
+    rows = evaluate_gates(gates, lineage_metrics([0.0042, 0.0231]), LINEAGE)
+    assert format_gate_table(rows).splitlines() == [
+        "artifact  gate               mode                   value [CI]      limit  result",
+        "-" * len("int8      accuracy STD       confidence     4.01% [2.70, 5.60]   <= 5.00%  not resolvable: FAIL"),
+        "fp32      mean accuracy      point       88.62% [87.50, 89.70]  >= 85.00%  pass",
+        "fp32      accuracy STD       confidence     3.45% [2.31, 4.92]   <= 5.00%  pass",
+        "fp32      latency ms (b1)    point           2.05 [1.98, 2.11]   <= 10.00  pass",
+        "int8      mean accuracy      point       87.29% [86.10, 88.40]  >= 85.00%  pass",
+        "int8      accuracy STD       confidence     4.01% [2.70, 5.60]   <= 5.00%  not resolvable: FAIL",
+        "int8      latency ms (b1)    point           1.61 [1.58, 1.66]   <= 10.00  pass",
+        "int8      INT8 drop vs FP32  confidence     1.33% [0.42, 2.31]   <= 1.00%  not resolvable: pass",
+        "[ ] 95% intervals; a confidence gate needs the interval inside the limit; `factory data plan RECIPE` sizes "
+        "the benchmark that resolves the rest",
+    ]
+    assert failure_message(rows) == (
+        "gate failed: int8 accuracy STD = 0.0401 (limit <= 0.05): not resolvable: 95% CI [0.027, 0.056] straddles the "
+        "limit, and gates.max_std fails then; `factory data plan RECIPE` says how many benchmark pairs per group "
+        "resolve it"
+    )
+    point = evaluate_gates(
+        GatesConfig(max_std=None, max_int8_drop=0.01, min_accuracy=None), lineage_metrics([0.0042, 0.0231]), LINEAGE
+    )
+    table = format_gate_table(point)
+    assert "int8      INT8 drop vs FP32  point  1.33% [0.42, 2.31]  <= 1.00%  FAIL (CI straddles limit)" in table
+    assert failure_message(point) == (
+        "gate failed: int8 INT8 drop vs FP32 = 0.0133 (limit <= 0.01); 95% CI [0.0042, 0.0231], which straddles "
+        "the limit"
+    )
+    above = evaluate_gates(GatesConfig(max_std=GateSpec(0.02)), lineage_metrics([0.0, 0.01]), LINEAGE)
+    assert (
+        "gate failed: int8 accuracy STD = 0.0401 (limit <= 0.02): its 95% CI [0.027, 0.056] lies wholly above the limit"
+        in failure_message(above)
+    )
+
+
+def test_rows_survive_json_and_older_records_read_back() -> None:
+    rows = evaluate_gates(GatesConfig(max_std=GateSpec(0.05)), lineage_metrics([0.0042, 0.0231]), LINEAGE)
+    assert [GateResult(**r.to_dict()) for r in rows] == rows
+    # A release.failed.json or cached release metrics written before intervals existed.
+    old = GateResult(
+        **{"artifact": "a", "gate": "accuracy STD", "value": 0.06, "limit": 0.05, "comparison": "<=", "passed": False}
+    )
+    assert (old.outcome, old.mode, old.interval) == (FAIL, "point", None)
+    assert format_gate_table([old]).splitlines()[2] == "a         accuracy STD  point       6.00%  <= 5.00%  FAIL"
+
+
+def test_unmeasurable_std_fails_in_either_mode() -> None:
+    metrics = lineage_metrics([0.0042, 0.0231])
+    metrics["artifacts"]["int8"]["evaluation"]["fairness"].update(std=None, ci={"mean": [0.86, 0.88], "std": None})
+    for spec in (0.05, GateSpec(0.05, unresolvable="pass")):
+        row = rows_of(GatesConfig(max_std=spec), metrics)["int8", "max_std"]
+        assert row.gate == "accuracy STD (n/a)" and not row.passed and math.isnan(row.value)
+
+
+def test_gate_mappings_from_a_recipe(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "gates:\n  max_std: {limit: 0.05}\n  max_int8_drop: {limit: 0.01, unresolvable: pass}\n"
+        "  min_accuracy: {limit: 0.85, mode: point}\n  max_latency_ms: 12\n"
+    )
+    gates = load_recipe(path).gates
+    assert gates.max_std == GateSpec(0.05, "confidence", None)  # the mapping form defaults to confidence
+    assert gates.max_int8_drop == GateSpec(0.01, "confidence", "pass")
+    assert gates.min_accuracy == GateSpec(0.85, "point") and gates.max_latency_ms == 12.0
+    overridden = load_recipe(path, ["gates.max_std.mode=point", "gates.max_int8_drop=0.02"]).gates
+    assert overridden.max_std == GateSpec(0.05, "point") and overridden.max_int8_drop == 0.02
+    rows = rows_of(gates, lineage_metrics([0.0042, 0.0231]))
+    assert (rows["int8", "max_std"].outcome, rows["int8", "max_int8_drop"].passed) == (UNRESOLVED, True)
+
+
+def test_the_one_line_summary_counts_unresolved_passes_apart() -> None:
+    gates = GatesConfig(max_std=GateSpec(0.06), max_int8_drop=GateSpec(0.01, unresolvable="pass"))
+    rows = [r.to_dict() for r in evaluate_gates(gates, lineage_metrics([0.0042, 0.0231]), LINEAGE)]
+    assert gate_summary(rows) == "7/7 gates passed (1 not resolvable, let through by the recipe)"
+    old = [{"passed": True}, {"passed": False}]  # rows recorded before outcomes existed
+    assert gate_summary(old) == "1/2 gates passed"

@@ -108,10 +108,18 @@ def evaluate_and_plot(
         out = Path(plots)
         out.mkdir(parents=True, exist_ok=True)
         scores = 1.0 - pair_distances(embeddings) / 2.0
-        first = next(iter(result.operational.values()))
+        # The first target the impostors support; with none, the first target, drawn as unsupported.
+        blocks = list(result.operational.values())
+        shown = next((b for b in blocks if b["supported"]), blocks[0])
         det_curves(scores, bench.issame, bench.groups, bench.group_names, out / "det.png")
         score_histograms(
-            scores, bench.issame, bench.groups, bench.group_names, out / "histograms.png", first["threshold"]
+            scores,
+            bench.issame,
+            bench.groups,
+            bench.group_names,
+            out / "histograms.png",
+            shown["threshold"],
+            f"threshold at FMR {shown['target_fmr']:.0e}",
         )
         accs = {"model": {g: r.accuracy_mean for g, r in result.groups.items()}}
         accuracy_by_stage(accs, bench.group_names, out / "accuracy.png")

@@ -3,24 +3,38 @@
 It iterates over the artifacts the upstream stages recorded, never over names: each runs through its own runtime
 (torch, ONNX Runtime, OpenVINO, ...) but sees identical uint8 faces, preprocessed by its own contract. Reference
 artifacts (the teacher) are measured as what the student is judged by; every other artifact is also timed at batch 1.
+
+Every artifact is bootstrapped with the same subject draws, so each one that derives from another (student from
+teacher, ONNX from torch, INT8 from FP32) is compared with its parent pair by pair: ``comparisons`` in the metrics.
+The pair distances of every artifact are kept (``pair_distances.npz``) for comparisons across runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from factory.data.benchmark import CrossGroupImpostors, PairBenchmark
 from factory.data.stage import BENCHMARK_FILE, CROSS_FILE
-from factory.evaluate.benchmark_eval import embed_images, evaluate_embeddings
+from factory.evaluate.benchmark_eval import (
+    BenchmarkResult,
+    compare_results,
+    embed_images,
+    evaluate_embeddings,
+    resample_benchmark,
+)
 from factory.evaluate.latency import measure_latency
 from factory.evaluate.operational import cross_group_fmr
+from factory.evaluate.tables import percent_interval
 from factory.evaluate.verification import pair_distances
 from factory.export.parity import fixed_inputs
-from factory.files import write_json
+from factory.files import atomic_path, write_json
 from factory.pipeline.stage import Stage, StageContext, StageResult
 from factory.runtime.runners import embed_uint8
 
 METRICS_FILE = "metrics.json"
+DISTANCES_FILE = "pair_distances.npz"
 
 
 def validate_artifacts(ctx: StageContext) -> StageResult:
@@ -29,17 +43,26 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
     data = ctx.inputs["data"]
     bench = PairBenchmark.load(data.path(BENCHMARK_FILE))
     cross = CrossGroupImpostors.load(data.dir / CROSS_FILE) if (data.dir / CROSS_FILE).exists() else None
+    resampling = resample_benchmark(bench, cfg.bootstrap_replicates, cfg.confidence, cfg.bootstrap_seed)
     results: dict[str, Any] = {}
+    evaluated: dict[str, BenchmarkResult] = {}
+    distances: dict[str, np.ndarray] = {}
+    comparisons: dict[str, Any] = {}
     for built in ctx.artifacts():
         embed = embed_uint8(built.runner(threads=threads))
         progress = built.name if ctx.progress else None
         embeddings = embed_images(embed, bench.images, cfg.batch_size, cfg.flip, progress)
-        entry: dict[str, Any] = {"evaluation": evaluate_embeddings(embeddings, bench).to_dict()}
+        evaluation = evaluate_embeddings(embeddings, bench, resampling=resampling)
+        evaluated[built.name], distances[built.name] = evaluation, pair_distances(embeddings)
+        parent = built.artifact.derived_from
+        if parent in evaluated:
+            comparisons[built.name] = compare_results(evaluation, evaluated[parent], parent)
+        entry: dict[str, Any] = {"evaluation": evaluation.to_dict()}
         if cross is not None:
             cross_emb = embed_images(embed, cross.images, cfg.batch_size, cfg.flip)
             impostor = ~bench.issame
             entry["evaluation"]["cross_group_fmr"] = cross_group_fmr(
-                1.0 - pair_distances(embeddings)[impostor] / 2.0,
+                1.0 - distances[built.name][impostor] / 2.0,
                 bench.groups[impostor],
                 1.0 - pair_distances(cross_emb) / 2.0,
                 cross.cells,
@@ -53,6 +76,7 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
                 warmup=cfg.latency_warmup,
                 repeats=cfg.latency_repeats,
                 threads=cfg.threads,
+                level=cfg.confidence,
             ).to_dict()
         results[built.name] = entry
     metrics = {
@@ -60,9 +84,12 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
         "order": list(results),  # JSON files may come back with sorted keys: tables and plots keep build order
         "groups": list(bench.group_names),
         "pairs": int(len(bench.issame)),
+        "comparisons": comparisons,
     }
     # The measurements are this stage's output: as a file they enter the release's cache key.
     write_json(ctx.work_dir / METRICS_FILE, metrics)
+    with atomic_path(ctx.work_dir / DISTANCES_FILE) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{name: d.astype(np.float32) for name, d in distances.items()})
     return StageResult(metrics)
 
 
@@ -73,8 +100,9 @@ def _summary(m: dict[str, Any]) -> str:
     parts = []
     for name in shown:
         fairness = m["artifacts"][name]["evaluation"]["fairness"]
-        std = "-" if fairness["std"] is None else f"{100 * fairness['std']:.2f}"
-        parts.append(f"{name} {100 * fairness['mean']:.2f}% (STD {std})")
+        ci = fairness.get("ci") or {}
+        std = "-" if fairness["std"] is None else percent_interval(fairness["std"], ci.get("std"), "brackets")
+        parts.append(f"{name} {percent_interval(fairness['mean'], ci.get('mean'))}% (STD {std})")
     return ", ".join(parts)
 
 

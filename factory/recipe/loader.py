@@ -6,16 +6,22 @@ Types the validator understands in a schema dataclass (:mod:`factory.recipe.sche
 
 - ``int``, ``float`` (an integer is accepted, and so is text that ``float()`` reads: YAML 1.1 reads ``1e-3`` as a
   string; NaN and infinity never are), ``str``, ``bool``, ``Literal[...]`` and ``X | None``.
+- ``X | D`` (``| None`` optional) of one plain type and one dataclass, told apart by how the value is written: a
+  mapping is ``D``, anything else ``X`` (a gate is ``0.05`` or ``{limit: 0.05, mode: confidence}``). The field's
+  metadata applies to ``X``; ``D``'s fields carry their own.
 - Field metadata ``between(...)`` (a number range) and ``matching(...)`` (a string pattern) from
   :mod:`factory.recipe.schema`, checked for every field of every dataclass, union members included.
 - A nested dataclass: a mapping, checked key by key; unknown keys get a did-you-mean, fields without a default are
-  required.
+  required. A dataclass may define ``check(self, fail)`` for cross-field checks, calling ``fail(relative_key,
+  message)``; it runs once every field has its declared type.
 - ``list[X]`` of any of these or of a tagged union: items are located as ``key.0``, ``key.1.sub``; field metadata
   (``path``, ``registry``, ``union``, ``range``, ``pattern``) applies to each item.
+- ``dict[str, X]``: a mapping from names (which the schema cannot know, e.g. the taxonomy's groups) to values of
+  ``X``, located as ``key.name``; field metadata applies to each value. Checking the names is a semantic check.
 - A tagged union: a field annotated ``Any`` (or ``list[Any]``) with metadata ``{"union": FAMILY}``. The value is a
   mapping whose ``kind`` names a config dataclass registered in that family; that dataclass has a field
   ``kind: str`` defaulting to its registered name (so the resolved YAML keeps the kind) and may define
-  ``check(self, fail)`` for cross-field checks, calling ``fail(relative_key, message)``. Its default is given as
+  ``check(self, fail)`` like any dataclass. Its default is given as
   plain data in the metadata, ``{"union": "source", "default": {"kind": "procedural"}}``, and validated like
   written YAML when the recipe leaves the section out: the schema never imports the implementing module.
 
@@ -75,9 +81,13 @@ def _type_name(tp: Any, meta: Any = None) -> str:
     if origin is Literal:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a, meta) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        # Beside another form, a mapping says which keys it takes: "a number or a mapping (limit, mode, ...)".
+        return " or ".join(_type_name(a, meta) + _keys_hint(a, len(args) > 2) for a in args)
     if origin is list:
         return f"a list of {_items_name(_item_type(tp), meta)}"
+    if origin is dict:
+        return f"a mapping of names to {_items_name(typing.get_args(tp)[1], meta)}"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -93,6 +103,22 @@ def _items_name(tp: Any, meta: Any) -> str:
         return "mappings"
     plural = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
     return plural.get(tp) or f"items, each {_type_name(tp, meta)}"
+
+
+def _keys_hint(tp: Any, alternative: bool) -> str:
+    if not (alternative and dataclasses.is_dataclass(tp)):
+        return ""
+    return f" ({', '.join(f.name for f in dataclasses.fields(tp) if f.init)})"
+
+
+def _written_as(tp: Any, value: Any) -> bool:
+    """Whether ``value`` is written as plain type ``tp`` (before its range is checked)."""
+    if tp is float:
+        plain = isinstance(value, (int, float)) or (isinstance(value, str) and _float_text(value) is not None)
+        return plain and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else True
 
 
 def _item_type(tp: Any) -> Any:
@@ -162,6 +188,7 @@ class _Validator:
             return None
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        before = self.type_problems
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             dotted = prefix + key
@@ -184,8 +211,23 @@ class _Validator:
             if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         for f in missing:
-            self.fail(prefix.rstrip("."), f"missing {f.name!r} (expected {_type_name(hints[f.name], f.metadata)})")
-        return None if missing else cls(**kwargs)
+            wanted = _range_text(f.metadata, hints[f.name] is int) if "range" in f.metadata else None
+            wanted = wanted or _type_name(hints[f.name], f.metadata)
+            self.fail(prefix.rstrip("."), f"missing {f.name!r} (expected {wanted})")
+        if missing:
+            return None
+        instance = cls(**kwargs)
+        check = getattr(instance, "check", None)
+        # Cross-field checks assume every field has its declared type, so they wait for a well-typed instance (a
+        # value out of its range is still reported with them).
+        if self.type_problems == before and callable(check):
+            section = prefix.rstrip(".")
+
+            def fail(key: str, message: str) -> None:
+                self.fail(f"{section}.{key}" if key and section else key or section, message)
+
+            check(fail)
+        return instance
 
     def value(self, tp: Any, value: Any, dotted: str, meta: Any) -> Any:
         origin = typing.get_origin(tp)
@@ -197,13 +239,22 @@ class _Validator:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
-            (inner,) = [a for a in args if a is not type(None)]
-            return self.value(inner, value, dotted, meta)
+            options = [a for a in args if a is not type(None)]
+            if len(options) == 1:
+                return self.value(options[0], value, dotted, meta)
+            return self.alternative(tp, options, value, dotted, meta)
         if origin is list:
             if not isinstance(value, list):
                 self.fail(dotted, f"{_got(value)} (expected {_type_name(tp, meta)})")
                 return value
             return [self.value(_item_type(tp), item, f"{dotted}.{i}", meta) for i, item in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.fail(dotted, f"{_got(value)} (expected {_type_name(tp, meta)})")
+                return value
+            # Keys are non-empty text already: the reader refuses any other mapping key.
+            item_type = typing.get_args(tp)[1]
+            return {key: self.value(item_type, item, f"{dotted}.{key}", meta) for key, item in value.items()}
         if origin is Literal:
             if value not in typing.get_args(tp):
                 self.fail(dotted, f"got {_shown(value)} (expected {_type_name(tp)})")
@@ -237,6 +288,19 @@ class _Validator:
             self.check_name(dotted, meta["registry"], value)
         return value
 
+    def alternative(self, tp: Any, options: list[Any], value: Any, dotted: str, meta: Any) -> Any:
+        """A value of ``X | D``: the dataclass ``D`` when written as a mapping, else the plain type ``X``."""
+        structured = [a for a in options if dataclasses.is_dataclass(a)]
+        plain = [a for a in options if not dataclasses.is_dataclass(a)]
+        if len(structured) != 1 or len(plain) != 1:  # a schema bug, not a recipe problem
+            raise TypeError(f"{dotted}: a union must be one plain type and one dataclass (| None), got {tp}")
+        if isinstance(value, dict):
+            return self.build(structured[0], value, dotted + ".")
+        if not _written_as(plain[0], value):
+            self.fail(dotted, f"{_got(value)} (expected {_type_name(tp, meta)})")
+            return value
+        return self.value(plain[0], value, dotted, meta)
+
     def member(self, family: str, value: Any, dotted: str) -> Any:
         """The config dataclass instance that a tagged-union mapping's ``kind`` selects, validated."""
         if not isinstance(value, dict):
@@ -255,18 +319,7 @@ class _Validator:
             self.fail(f"{dotted}.kind", e.message)
             return None
         _check_member_class(family, kind, cls)
-        before = self.type_problems
-        member = self.build(cls, value, dotted + ".")
-        check = getattr(member, "check", None)
-        # Cross-field checks assume every field has its declared type, so they wait for a well-typed member (a value
-        # out of its range is still reported with them).
-        if self.type_problems == before and callable(check):
-
-            def fail(key: str, message: str) -> None:
-                self.fail(f"{dotted}.{key}" if key else dotted, message)
-
-            check(fail)
-        return member
+        return self.build(cls, value, dotted + ".")
 
     def check_range(self, dotted: str, value: float, meta: Any, integer: bool) -> None:
         """A number outside its field's ``between(...)`` range, or a float that is not finite, is a problem."""
@@ -351,6 +404,17 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
             load_taxonomy(recipe.data.world.taxonomy)
         except (TaxonomyError, OSError) as e:
             v.fail("data.world.taxonomy", f"{e} (expected a group taxonomy)")
+    difficulty = recipe.data.world.difficulty
+    # Only the names are read: a group's bad value is its own problem, and a misspelt group is still worth a line.
+    if v.clean("data.world.taxonomy") and isinstance(difficulty, dict) and difficulty:
+        from factory.data.world.taxonomy import load_taxonomy
+
+        known = [g.name for g in load_taxonomy(recipe.data.world.taxonomy)]  # readable: checked just above
+        for name in difficulty:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                v.fail(f"data.world.difficulty.{name}", f"unknown group ({hint}the taxonomy has: {', '.join(known)})")
 
 
 def _default_name(recipe: Recipe, path: Path, v: _Validator) -> None:

@@ -117,11 +117,30 @@ _FRACTION = between(ge=0, le=1)
 
 
 @dataclass
+class GroupDifficulty:
+    """How much harder one group of the world is made, on top of what the taxonomy declares for it.
+
+    Each default leaves the group as the taxonomy has it; see
+    :func:`factory.data.world.taxonomy.apply_difficulty` for how a change combines with the taxonomy.
+    """
+
+    # multiplies every capture nuisance strength of the group (pose, lighting, noise, ...)
+    nuisance: float = field(default=1.0, metadata=between(ge=0, le=4, note="the renderer caps a strength at 4"))
+    # multiplies the spread between the group's identities (< 1: its people look more alike)
+    identity_spread: float = field(default=1.0, metadata=between(gt=0, le=4))
+    # an extra per-image jitter of each identity attribute, as a fraction of the typical spread between identities
+    within_identity: float = field(default=0.0, metadata=between(ge=0, le=4, note="the renderer caps it at 4"))
+
+
+@dataclass
 class WorldConfig:
     """The built-in procedural face world (used for training, calibration and the default benchmark)."""
 
     taxonomy: str | None = field(default=None, metadata={"path": True})  # group taxonomy YAML; None = built-in
     seed: int = field(default=0, metadata=_SEED)
+    # group name -> how much harder it is made, e.g. {gamma: {nuisance: 1.5, identity_spread: 0.7}}: a world whose
+    # bias is known, so per-group accuracy and fairness measures can be checked against it
+    difficulty: dict[str, GroupDifficulty] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,6 +230,8 @@ class CompressConfig:
 
     # Each derives an artifact from one the build has. Kinds: factory.compress.compressors.COMPRESSORS.
     methods: list[Any] = field(default=None, metadata={"union": "compressor", "default": [{"kind": "openvino_ptq"}]})
+    # held-out benchmark faces per group on which each compressed artifact's drift from its parent is measured
+    drift_images_per_group: int = field(default=64, metadata=between(ge=1))
 
 
 @dataclass
@@ -222,20 +243,64 @@ class ValidateConfig:
     threads: int = field(default=1, metadata=_THREADS)  # fixed thread count for latency
     latency_warmup: int = field(default=20, metadata=between(ge=0))
     latency_repeats: int = field(default=100, metadata=between(ge=1))
+    # Bootstrap over subjects for every interval and paired comparison (fewer than 100 replicates give jumpy bounds).
+    bootstrap_replicates: int = field(default=1000, metadata=between(ge=100, le=100_000))
+    confidence: float = field(default=0.95, metadata=between(gt=0.5, lt=1.0))  # level of every interval
+    bootstrap_seed: int = field(default=0, metadata=_SEED)  # fixed, so two runs on one benchmark pair up
+
+
+GateMode = Literal["point", "confidence"]
+
+
+@dataclass
+class GateSpec:
+    """A gate written as a mapping, ``{limit: 0.05, mode: confidence, unresolvable: fail}``.
+
+    ``mode: point`` compares the point estimate with the limit (what a bare number means). ``mode: confidence`` (the
+    default of this form) needs the measurement's interval inside the limit to pass and outside it to fail; an
+    interval that straddles the limit is "not resolvable", and ``unresolvable`` decides: ``fail`` (the default, so a
+    gate never passes on noise) or ``pass``.
+    """
+
+    limit: float = field(metadata=_FRACTION)
+    mode: GateMode = "confidence"
+    # confidence mode only (null: fail); a point gate always decides, so it has nothing to resolve
+    unresolvable: Literal["pass", "fail"] | None = None
+
+    def check(self, fail: Callable[[str, str], None]) -> None:
+        """``unresolvable`` would be ignored by a point gate: an error, not a silent no-op."""
+        if self.mode == "point" and self.unresolvable is not None:
+            fail("unresolvable", "only applies with mode 'confidence' (a point gate always decides; remove it)")
+
+    @staticmethod
+    def of(setting: float | GateSpec) -> GateSpec:
+        """A gate as the recipe gives it, as a spec: a bare number is a point gate with that limit."""
+        return setting if isinstance(setting, GateSpec) else GateSpec(limit=float(setting), mode="point")
+
+
+@dataclass
+class LatencyGateSpec(GateSpec):
+    """:class:`GateSpec` with a limit in milliseconds instead of a fraction."""
+
+    limit: float = field(metadata=between(gt=0))
 
 
 @dataclass
 class GatesConfig:
-    """Release gates; ``null`` leaves a gate out. Accuracies are fractions (0.9 = 90 %)."""
+    """Release gates; ``null`` leaves a gate out. Accuracies are fractions (0.9 = 90 %).
+
+    Each gate is a bare number, its limit checked against the point estimate (``mode: point``), or a
+    :class:`GateSpec` mapping that can check the measurement's confidence interval instead.
+    """
 
     # mean of the per-group accuracies, every artifact
-    min_accuracy: float | None = field(default=0.8, metadata=_FRACTION)
+    min_accuracy: float | GateSpec | None = field(default=0.8, metadata=_FRACTION)
     # sample std of the per-group accuracies, every artifact
-    max_std: float | None = field(default=0.05, metadata=_FRACTION)
-    # torch FP32 mean accuracy minus INT8 mean accuracy
-    max_int8_drop: float | None = field(default=0.01, metadata=_FRACTION)
+    max_std: float | GateSpec | None = field(default=0.05, metadata=_FRACTION)
+    # every INT8 artifact's mean accuracy below the FP32 artifact it was quantized from (its `derived_from`)
+    max_int8_drop: float | GateSpec | None = field(default=0.01, metadata=_FRACTION)
     # batch-1 median, every exported artifact
-    max_latency_ms: float | None = field(default=50.0, metadata=between(gt=0))
+    max_latency_ms: float | LatencyGateSpec | None = field(default=50.0, metadata=between(gt=0))
 
 
 @dataclass

@@ -22,11 +22,13 @@ import numpy as np
 from factory.data.benchmark import PairBenchmark
 from factory.data.stage import BENCHMARK_FILE
 from factory.evaluate.ledger import build_ledger, format_ledger
+from factory.evaluate.operational import report_lines
 from factory.evaluate.plots import accuracy_by_stage, fmr_heatmap
-from factory.evaluate.tables import accuracy_table, artifact_order
+from factory.evaluate.tables import accuracy_table, artifact_order, comparison_table
+from factory.export.parity import format_group_drift
 from factory.files import atomic_path, sha256_tree, write_json, write_text
 from factory.pipeline.stage import BuiltArtifact, GateFailure, Stage, StageContext, StageResult
-from factory.release.gates import GateResult, evaluate_gates, failure_message, format_gate_table
+from factory.release.gates import GateResult, evaluate_gates, failure_message, format_gate_table, gate_summary
 from factory.release.provenance import git_commit, package_versions
 from factory.runtime.artifacts import open_runner
 from factory.runtime.manifest import MANIFEST_FILE, MANIFEST_FORMAT
@@ -81,6 +83,7 @@ def make_release(ctx: StageContext) -> StageResult:
         "artifacts": {b.name: {**b.artifact.to_dict(), "metrics": validation["artifacts"][b.name]} for b in shipped},
         # Measured but not shipped (the teacher, the torch student): what the shipped artifacts are compared with.
         "reference": {b.name: validation["artifacts"][b.name] for b in built if not b.artifact.shipped},
+        "comparisons": validation.get("comparisons", {}),
         "gates": [r.to_dict() for r in rows],
         "fairness_ledger": ledger,
         "golden": golden,
@@ -149,6 +152,25 @@ def _plot_fairness(validation: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _comparison_section(validation: dict[str, Any]) -> list[str]:
+    """Report lines: every artifact against its parent on the same pairs (paired intervals, McNemar per group)."""
+    table = comparison_table(validation)
+    if not table:
+        return []
+    return [
+        "## Paired comparisons",
+        "",
+        "Each artifact against the one it derives from, on the same pairs and the same bootstrap draws: change in "
+        "accuracy (points) with its paired interval, and per group the exact McNemar p-value on the pair decisions "
+        "(a small p: the two models err on different pairs more than chance allows).",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+    ]
+
+
 def _report(
     name: str,
     version: str,
@@ -169,6 +191,7 @@ def _report(
                 f"- {b.name} vs {check['against']} on {check['n']} inputs: min cosine {check['min_cosine']:.6f}, "
                 f"mean {check['mean_cosine']:.6f}"
             )
+            parity.extend(format_group_drift(check))
     lines = [
         f"# {name} {version}",
         "",
@@ -177,7 +200,8 @@ def _report(
         "",
         f"Benchmark: {validation['pairs']} pairs, groups {', '.join(validation['groups'])}; accuracy (%) with the "
         "insightface 10-fold protocol per group; STD is the sample std of the group accuracies; SER = "
-        "(100 - min)/(100 - max); latency is the batch-1 median in ms.",
+        "(100 - min)/(100 - max); latency is the batch-1 median in ms. Intervals come from a bootstrap over the "
+        "benchmark's subjects that re-runs the whole protocol (thresholds chosen again) in every replicate.",
         "",
         "```",
         accuracy_table(validation),
@@ -185,6 +209,7 @@ def _report(
         "",
         "![per-group accuracy](fairness.png)",
         "",
+        *_comparison_section(validation),
         "## Gates",
         "",
         "```",
@@ -195,6 +220,8 @@ def _report(
         "",
         "Per-group accuracy (%) at every stage of the build; Δ mean is the change from the stage before. Per-group",
         "FMR/FNMR at each artifact's global threshold (FMR 1e-3 target) are in `manifest.json` (`fairness_ledger`).",
+        "",
+        *report_lines(validation, "1e-03"),
         "",
         format_ledger(build_ledger(validation), validation["groups"]),
         "",
@@ -225,6 +252,6 @@ STAGE = Stage(
     needs=("data", "teacher", "distill", "export", "compress", "validate"),
     config=lambda r: {"gates": r.gates, "release": r.release, "name": r.name},
     run=make_release,
-    summary=lambda m: f"{sum(g['passed'] for g in m['gates'])}/{len(m['gates'])} gates passed, version {m['version']}",
+    summary=lambda m: f"{gate_summary(m['gates'])}, version {m['version']}",
     publishes=True,
 )

@@ -11,6 +11,8 @@ A release directory holds its model files, the golden input and ``manifest.json`
       "contract": ModelContract.to_dict(),    # the student's contract, shared by every shipped artifact
       "artifacts": {name: {**Artifact.to_dict(), "metrics": {...}}},   # shipped artifacts only
       "reference": {...},               # the teacher's measurements, for comparison only
+      "comparisons": {...},             # each artifact against its parent on the same pairs (paired intervals,
+                                        # McNemar per group); optional, absent in releases made before it
       "gates": [...],                   # every release gate and its outcome
       "fairness_ledger": [...],
       "golden": {

@@ -9,7 +9,8 @@
   :func:`~factory.data.world.taxonomy.load_taxonomy`); a fixed random orthonormal projection mixes ``z`` so no
   single ``z`` coordinate is one attribute.
 - ``synthesis(w, generator) -> uint8 images``: renders the identity with nuisances drawn from ``generator``, like
-  StyleGAN's per-layer noise: pose jitter, expression, lighting, colour cast, defocus, background and sensor noise.
+  StyleGAN's per-layer noise: pose jitter, expression, lighting, colour cast, defocus, background and sensor noise,
+  and, for groups that declare within-identity variability, a per-image jitter of the identity's own attributes.
 
 Rendering is vectorised over the batch in the canonical (un-posed) frame, where most shapes are separable in x and y,
 so a mask costs one broadcast op; colours are composited with one batched matmul; the pose is applied at the end
@@ -19,6 +20,7 @@ CPU cost more than the whole face). Landmarks sit on the arcface 5-point templat
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from factory.data.world.seeding import make_generator
-from factory.data.world.taxonomy import COLOURS, FEATURES, NUISANCES, GroupSpec, load_taxonomy
+from factory.data.world.taxonomy import COLOURS, FEATURES, NUISANCES, GroupSpec, apply_difficulty, load_taxonomy
 from factory.runtime.contract import ARCFACE_TEMPLATE
 
 if TYPE_CHECKING:
@@ -44,7 +46,10 @@ W_NAMES: tuple[str, ...] = (
     *FEATURES,
     *(f"{c}_{a}" for c in COLOURS for a in COLOUR_AXES),
     *(f"capture_{n}" for n in NUISANCES),
+    # Last, so the coordinates before it keep their index (and the world's projection its first rows).
+    "within_identity",
 )
+_IDENTITY_DIM = len(FEATURES) + len(COLOURS) * len(COLOUR_AXES)  # the coordinates a within-identity jitter moves
 _W_INDEX = {name: i for i, name in enumerate(W_NAMES)}
 
 _EYE_Y = (ARCFACE_TEMPLATE[0][1] + ARCFACE_TEMPLATE[1][1]) / 2
@@ -94,6 +99,11 @@ def _col_mask(y: Tensor, centre: Tensor, half: Tensor, inv_w: Tensor) -> Tensor:
     return (y - centre).abs_().mul_(-inv_w).add_(half * inv_w + 0.5).clamp_(0.0, 1.0)
 
 
+def _within_identity(w: Tensor) -> Tensor:
+    """Each image's within-identity jitter (a fraction of the typical identity spread) from its ``w``."""
+    return (_NUISANCE_UNIT * w[:, _W_INDEX["within_identity"]]).clamp(0.0, 4.0)
+
+
 def _signed_sqrt(q: Tensor) -> Tensor:
     """A rounded profile ``sqrt(q)`` where ``q`` >= 0 that drops steeply below zero beyond the shape's ends.
 
@@ -129,14 +139,21 @@ class ProceduralFaceWorld:
         self.w_dim = len(W_NAMES)
         gen = make_generator("procedural-world", seed)
         # Orthonormal rows: P @ z ~ N(0, I) in w, every attribute a mix of all z coordinates.
-        q, _ = torch.linalg.qr(torch.randn(self.z_dim, self.w_dim, generator=gen, dtype=torch.float64))
-        self._projection = q.T.float().contiguous()  # (w_dim, z_dim)
+        # within_identity (the last coordinate) gets its own row below.
+        q, _ = torch.linalg.qr(torch.randn(self.z_dim, self.w_dim - 1, generator=gen, dtype=torch.float64))
+        self._projection = q.T.float().contiguous()  # (w_dim - 1, z_dim)
         # Sensor-noise tiles and a freckle pattern: drawing fresh per-pixel noise costs more than rendering a face.
         self._noise_bank = (torch.randn(256, RESOLUTION, RESOLUTION, generator=gen) * 32).clamp_(-127, 127)
         self._noise_bank = self._noise_bank.to(torch.int8)
         dots = (torch.rand(RESOLUTION, RESOLUTION, generator=gen) > 0.93).float()
         self._freckles = F.avg_pool2d(dots[None, None], 3, stride=1, padding=1)[0, 0] * 3.0
+        # The within_identity row is drawn after everything above and made orthogonal to the other rows, so those
+        # (and every w coordinate, image and noise tile drawn from them) are what they were before it existed.
+        extra = torch.randn(self.z_dim, generator=gen, dtype=torch.float64)
+        extra -= q @ (q.T @ extra)
+        self._within_row = (extra / extra.norm()).float()
         self._mean, self._std = self._group_tables()
+        self._jitter_unit = self._jitter_units()
         self._centre = torch.tensor([v[0] for v in FEATURES.values()])
         self._unit = torch.tensor([v[1] for v in FEATURES.values()])
         self._lo = torch.tensor([v[2] for v in FEATURES.values()])
@@ -165,7 +182,28 @@ class ProceduralFaceWorld:
                 i = _W_INDEX[f"capture_{name}"]
                 mean[g, i] = (spec.nuisance[name] - 1.0) / _NUISANCE_UNIT
                 std[g, i] = spec.nuisance_spread * spec.nuisance[name] / _NUISANCE_UNIT
+            i = _W_INDEX["within_identity"]
+            mean[g, i] = spec.within_identity / _NUISANCE_UNIT
+            std[g, i] = spec.nuisance_spread * spec.within_identity / _NUISANCE_UNIT
         return mean, std
+
+    def _jitter_units(self) -> Tensor:
+        """Per identity coordinate, the world's typical spread between identities (w units, mean over groups).
+
+        A within-identity jitter of 1 moves every attribute by this much per image. It is the declared spread
+        before ``identity_spread``, so that knob and ``within_identity`` stay independent; and it is the same for
+        every group (``synthesis`` sees ``w``, not the group), so a group's jitter is comparable with another's.
+        """
+        declared = torch.zeros(len(self.groups), _IDENTITY_DIM)
+        for g, spec in enumerate(self.groups):
+            for name, (_, unit, _, _) in FEATURES.items():
+                declared[g, _W_INDEX[name]] = spec.features[name][1] / unit
+            for colour in COLOURS:
+                c = spec.colours[colour]
+                for k, axis in enumerate(COLOUR_AXES):
+                    stds = (c.lightness_std, c.warmth_std, c.tint_std)
+                    declared[g, _W_INDEX[f"{colour}_{axis}"]] = stds[k] / _COLOUR_UNIT
+        return declared.mean(dim=0)
 
     # -- StyleGAN-like interface ---------------------------------------------------------------------------------
 
@@ -185,7 +223,10 @@ class ProceduralFaceWorld:
             raise ValueError(f"group must have shape ({z.shape[0]},), got {tuple(group.shape)}")
         if len(group) and (group.min() < 0 or group.max() >= len(self.groups)):
             raise ValueError(f"group ids must be in [0, {len(self.groups)}), got {group.tolist()}")
-        unit = z.float() @ self._projection.T
+        z = z.float()
+        # Two products, not one with the within_identity row appended: a wider matmul may round the other
+        # coordinates differently, and they must stay bit-identical to the worlds rendered before that row existed.
+        unit = torch.cat([z @ self._projection.T, (z @ self._within_row).unsqueeze(1)], dim=1)
         return self._mean[group] + truncation_psi * self._std[group] * unit
 
     def attributes(self, w: Tensor) -> dict[str, Tensor]:
@@ -199,6 +240,7 @@ class ProceduralFaceWorld:
             out[colour] = rgb.clamp(0.0, 255.0)
         for name in NUISANCES:
             out[f"capture_{name}"] = (1.0 + _NUISANCE_UNIT * w[:, _W_INDEX[f"capture_{name}"]]).clamp(0.0, 4.0)
+        out["within_identity"] = _within_identity(w)
         return out
 
     def synthesis(self, w: Tensor, generator: torch.Generator | None = None, nuisance: float = 1.0) -> Tensor:
@@ -207,17 +249,20 @@ class ProceduralFaceWorld:
         Args:
             w: identity codes from :meth:`mapping` (or perturbations of them).
             generator: source of the nuisances (pose, expression, lighting, ...); ``None`` uses torch's global RNG.
-            nuisance: global nuisance strength; 0 renders every identity in its canonical, frontal, clean form.
+            nuisance: global strength of the capture conditions; 0 renders every identity frontal and clean, in
+                its canonical form unless its group declares within-identity variability: that is the person
+                changing between photos, not the camera, so it stays.
         """
         if w.ndim != 2 or w.shape[1] != self.w_dim:
             raise ValueError(f"w must be N×{self.w_dim}, got {tuple(w.shape)}")
         n = w.shape[0]
         if n == 0:
             return torch.zeros(0, 3, RESOLUTION, RESOLUTION, dtype=torch.uint8)
-        a = self.attributes(w.float())
+        w = w.float()
         normal = torch.randn(n, 16, generator=generator)
         uniform = torch.rand(n, 12, generator=generator)
         tile = torch.randint(0, self._noise_bank.shape[0], (n,), generator=generator)
+        a = self.attributes(self._jittered(w, generator))
         s = {k: a[f"capture_{k}"] * nuisance for k in NUISANCES}
         sigma = (normal[:, 15].abs() * 3.0 * s["noise"]).view(n, 1, 1, 1) / 32.0
         out = torch.empty(n, 3, RESOLUTION, RESOLUTION, dtype=torch.uint8)
@@ -233,6 +278,27 @@ class ProceduralFaceWorld:
             image.add_(self._noise_bank[tile[part]].unsqueeze(1).float().mul_(sigma[part]).add_(0.5))
             out[part] = image.clamp_(0.0, 255.0)
         return out
+
+    def _jittered(self, w: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``w`` with each image's identity attributes jittered by its ``within_identity`` (``w`` itself if none).
+
+        The jitter comes from a stream seeded by ``generator``'s state, not from ``generator`` itself: drawing from
+        it would shift every later draw, so one group's jitter would change the nuisances of every image rendered
+        after it (later chunks of a benchmark, other groups). This way a world where one group varies more renders
+        the other groups' images bit-identically.
+        """
+        scale = _within_identity(w)
+        if not bool((scale > 0).any()):
+            return w
+        if generator is None:
+            noise = torch.randn(len(w), _IDENTITY_DIM)
+        else:
+            state = generator.get_state().numpy().tobytes()
+            seed = int.from_bytes(hashlib.sha256(b"within-identity\x1f" + state).digest()[:8], "little") >> 1
+            noise = torch.randn(len(w), _IDENTITY_DIM, generator=torch.Generator().manual_seed(seed))
+        w = w.clone()
+        w[:, :_IDENTITY_DIM] += scale.unsqueeze(1) * self._jitter_unit * noise
+        return w
 
     # -- rendering -----------------------------------------------------------------------------------------------
 
@@ -439,9 +505,10 @@ def make_world(cfg: WorldConfig) -> ProceduralFaceWorld:
     """The procedural world a recipe describes.
 
     Args:
-        cfg: the recipe's ``data.world`` section (taxonomy file or ``None`` for the built-in one, world seed).
+        cfg: the recipe's ``data.world`` section (taxonomy file or ``None`` for the built-in one, world seed, and
+            per-group difficulty changes on top of the taxonomy).
 
     Returns:
         The world with that taxonomy, its fixed random parameters drawn from ``cfg.seed``.
     """
-    return ProceduralFaceWorld(load_taxonomy(cfg.taxonomy), seed=cfg.seed)
+    return ProceduralFaceWorld(apply_difficulty(load_taxonomy(cfg.taxonomy), cfg.difficulty), seed=cfg.seed)

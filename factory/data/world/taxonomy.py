@@ -5,6 +5,11 @@ with a ``defaults`` block and a ``groups`` list. Per group it sets the mean and 
 (:data:`FEATURES`, skin/hair/iris :data:`COLOURS`) and the strength of every capture nuisance (:data:`NUISANCES`);
 the renderer's ``mapping`` turns those into the distribution of ``w`` per group. :func:`load_taxonomy` validates the
 file strictly, so a typo names its file and dotted key instead of silently falling back to a default.
+
+How hard a group is to recognise is data too, three knobs per group (:data:`DIFFICULTY_KNOBS`): ``nuisance``
+(capture conditions), ``identity_spread`` (how different its people are from each other) and ``within_identity``
+(how different one person looks from photo to photo). :func:`apply_difficulty` changes them on top of a taxonomy,
+which is how a recipe builds a world where one group is harder by a known amount.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -64,6 +69,8 @@ FEATURES: dict[str, tuple[float, float, float, float]] = {
 }
 COLOURS = ("skin", "hair", "iris")
 NUISANCES = ("pose", "expression", "lighting", "colour_cast", "blur", "background", "noise")
+# The keys of a group that say how hard it is; everything else says how it looks.
+DIFFICULTY_KNOBS = ("nuisance", "identity_spread", "within_identity")
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,9 @@ class GroupSpec:
         features: ``name -> (mean, std)`` per identity feature (see :data:`FEATURES`).
         identity_spread: multiplies every identity standard deviation (< 1: identities look more alike).
         nuisance: multipliers of the base nuisance strengths (see :data:`NUISANCES`).
-        nuisance_spread: per-identity standard deviation of those multipliers.
+        nuisance_spread: per-identity standard deviation of those multipliers (and of ``within_identity``).
+        within_identity: per-image jitter of the identity attributes, as a fraction of the world's typical
+            spread between identities of each attribute (0: a person's attributes are the same in every photo).
     """
 
     name: str
@@ -95,6 +104,7 @@ class GroupSpec:
     identity_spread: float = 1.0
     nuisance: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(NUISANCES, 1.0), hash=False)
     nuisance_spread: float = 0.1
+    within_identity: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (for provenance records)."""
@@ -102,6 +112,7 @@ class GroupSpec:
             "name": self.name,
             "identity_spread": self.identity_spread,
             "nuisance_spread": self.nuisance_spread,
+            "within_identity": self.within_identity,
             "colours": {
                 k: {
                     "mean_rgb": list(c.mean_rgb),
@@ -151,7 +162,7 @@ def _mapping(value: Any, where: str, path: Path, allowed: tuple[str, ...] | None
     return value
 
 
-_SECTION_KEYS = ("identity_spread", "nuisance_spread", "colours", "features", "nuisance")
+_SECTION_KEYS = ("identity_spread", "nuisance_spread", "within_identity", "colours", "features", "nuisance")
 _COLOUR_KEYS = ("mean_rgb", "lightness_std", "warmth_std", "tint_std")
 
 
@@ -159,7 +170,7 @@ def _merge_section(base: dict[str, Any], raw: Any, where: str, path: Path) -> di
     """``base`` updated with one validated ``defaults`` or group block (group values win key by key)."""
     raw = _mapping(raw, where, path, _SECTION_KEYS + (("name",) if where.startswith("groups") else ()))
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for key in ("identity_spread", "nuisance_spread"):
+    for key in ("identity_spread", "nuisance_spread", "within_identity"):
         if key in raw:
             out[key] = _number(raw[key], f"{where}.{key}", path, minimum=0.0)
     colours = _mapping(raw.get("colours"), f"{where}.colours", path, COLOURS)
@@ -217,6 +228,7 @@ def load_taxonomy(path: str | Path | None = None) -> list[GroupSpec]:
     base: dict[str, Any] = {
         "identity_spread": 1.0,
         "nuisance_spread": 0.1,
+        "within_identity": 0.0,
         "colours": {},
         "features": {k: (v[0], v[1]) for k, v in FEATURES.items()},
         "nuisance": dict.fromkeys(NUISANCES, 1.0),
@@ -249,6 +261,52 @@ def load_taxonomy(path: str | Path | None = None) -> list[GroupSpec]:
                 identity_spread=merged["identity_spread"],
                 nuisance=merged["nuisance"],
                 nuisance_spread=merged["nuisance_spread"],
+                within_identity=merged["within_identity"],
             )
         )
     return groups
+
+
+class DifficultyChange(Protocol):
+    """How much harder one group is made (the recipe's ``data.world.difficulty.<group>``, any object with these)."""
+
+    nuisance: float  # multiplies every nuisance strength of the group
+    identity_spread: float  # multiplies the group's identity spread
+    within_identity: float  # standard deviation of an extra, independent per-image jitter
+
+
+def apply_difficulty(groups: list[GroupSpec], changes: Mapping[str, DifficultyChange]) -> list[GroupSpec]:
+    """``groups`` with some made harder (or easier) by known amounts; the others are returned unchanged.
+
+    ``nuisance`` and ``identity_spread`` multiply the taxonomy's values. ``within_identity`` is the size of a
+    jitter drawn independently of the taxonomy's own, so the two add in variance: the group's jitter becomes
+    ``sqrt(taxonomy² + change²)`` (equal to the change when the taxonomy declares none).
+
+    Raises:
+        ValueError: a change names a group the taxonomy does not have (the message lists the groups it has), or a
+            multiplier is negative (a spread must also stay above 0).
+    """
+    known = [g.name for g in groups]
+    unknown = [name for name in changes if name not in known]
+    if unknown:
+        raise ValueError(f"no group {', '.join(map(repr, unknown))} in the taxonomy (groups: {', '.join(known)})")
+    out = []
+    for spec in groups:
+        change = changes.get(spec.name)
+        if change is None:
+            out.append(spec)
+            continue
+        if change.nuisance < 0 or change.identity_spread <= 0 or change.within_identity < 0:
+            raise ValueError(
+                f"difficulty of {spec.name!r}: nuisance {change.nuisance!r}, identity_spread "
+                f"{change.identity_spread!r}, within_identity {change.within_identity!r} (expected >= 0, > 0, >= 0)"
+            )
+        out.append(
+            replace(
+                spec,
+                nuisance={k: v * change.nuisance for k, v in spec.nuisance.items()},
+                identity_spread=spec.identity_spread * change.identity_spread,
+                within_identity=math.hypot(spec.within_identity, change.within_identity),
+            )
+        )
+    return out
