@@ -466,3 +466,15 @@ def test_cross_group_fmr_cells_backed_by_their_pairs_are_numbers() -> None:
     coarse = cross_group_fmr(same, same_cells, cross, np.tile([0, 1], (100, 1)), n_groups=2, target=1e-3)
     assert not coarse["supported"] and coarse["threshold"]["unsupported"].startswith("rule of 3: 300 impostor pairs")
     assert all(cell["unsupported"] == coarse["threshold"]["unsupported"] for row in coarse["matrix"] for cell in row)
+
+
+def test_intervals_show_as_plus_minus_only_when_near_symmetric() -> None:
+    from factory.evaluate.tables import percent_interval
+
+    assert percent_interval(0.8862, [0.8752, 0.8972]) == "88.62 ±1.10"
+    assert percent_interval(0.5, [0.5, 0.5]) == "50.00 ±0.00"
+    # one side 1.98x the other (a bias-corrected interval): the half-width would hide where the uncertainty is
+    assert percent_interval(0.8630, [0.8510, 0.8691]) == "86.30 [85.10, 86.91]"
+    assert percent_interval(0.5, [0.5, 0.52]) == "50.00 [50.00, 52.00]"
+    assert percent_interval(0.0345, [0.0231, 0.0492], "brackets") == "3.45 [2.31, 4.92]"
+    assert percent_interval(0.9, None) == "90.00"

@@ -98,6 +98,19 @@ def test_interval_is_the_order_statistics_and_keeps_infinity() -> None:
     assert interval(np.array([np.nan, np.nan]), 0.95) is None
 
 
+def test_bias_corrected_interval_golden() -> None:
+    samples = (np.arange(1000) + 0.5) / 1000  # replicates spread evenly over (0, 1)
+    # Estimate at the replicates' median: z0 = 0, the plain percentile interval.
+    assert interval(samples, 0.95, 0.5) == interval(samples, 0.95)
+    # Estimate with 30 % of the replicates below it: z0 = Phi^-1(0.3) = -0.524401, tails at
+    # Phi(2 z0 -+ 1.959964) = Phi(-3.008766) = 0.001312 and Phi(0.911162) = 0.818898: order statistics 2 and 819.
+    assert interval(samples, 0.95, 0.3) == [samples[1], samples[818]]
+    # Every replicate above the estimate: z0 is held at half a replicate from the end instead of -inf.
+    low, high = interval(samples, 0.95, -1.0)
+    assert low == samples[0] and high < samples[100]
+    assert interval(samples, 0.95, math.nan) == interval(samples, 0.95)
+
+
 def test_summary_replicates_golden() -> None:
     reps = {"a": np.array([0.9, 1.0, 1.0]), "b": np.array([0.8, 0.9, 1.0]), "c": np.array([0.85, 0.95, 1.0])}
     out = summary_replicates(reps)
@@ -157,9 +170,9 @@ def test_evaluation_json_carries_intervals_around_the_estimates() -> None:
 def test_paired_comparison_finds_a_change_in_one_group_only() -> None:
     bench = benchmark(2000)
     draws = resample_benchmark(bench, replicates=400)
-    before = evaluate_embeddings(embeddings_for(bench, np.array([1.2, 1.2]), 0), bench, resampling=draws)
+    before = evaluate_embeddings(embeddings_for(bench, np.array([2.0, 2.0]), 0), bench, resampling=draws)
     # the same people and captures, group g1 degraded: more noise on the second image of its pairs
-    after = evaluate_embeddings(embeddings_for(bench, np.array([1.2, 1.6]), 0), bench, resampling=draws)
+    after = evaluate_embeddings(embeddings_for(bench, np.array([2.0, 2.4]), 0), bench, resampling=draws)
     same = compare_results(before, before, "before")
     assert same["mean"] == {"delta": 0.0, "ci": [0.0, 0.0]} and same["groups"]["g0"]["mcnemar"]["p_value"] == 1.0
     change = compare_results(after, before, "before")
@@ -168,9 +181,9 @@ def test_paired_comparison_finds_a_change_in_one_group_only() -> None:
     assert g0["delta"] == 0.0 and g0["mcnemar"]["p_value"] == 1.0  # g0's embeddings did not change at all
     assert g1["delta"] < 0 and g1["ci"][1] < 0 and g1["mcnemar"]["p_value"] < 1e-3
     assert change["mean"]["ci"][1] < 0 and change["std"]["delta"] > 0
-    # a paired interval is narrower than the two separate intervals would suggest
-    separate = after.to_dict()["groups"]["g1"]["ci"][1] - after.to_dict()["groups"]["g1"]["ci"][0]
-    assert g1["ci"][1] - g1["ci"][0] < separate
+    # a paired interval is narrower than the two separate intervals would suggest (widths added in quadrature)
+    widths = [np.diff(r.to_dict()["groups"]["g1"]["ci"])[0] for r in (before, after)]
+    assert g1["ci"][1] - g1["ci"][0] < 0.8 * math.hypot(*widths)
 
 
 def test_results_with_different_draws_are_not_paired() -> None:

@@ -67,18 +67,18 @@ class BenchmarkResult:
         """The evaluation JSON (schema in README: groups, overall with tar_at_far, fairness, operational, intervals)."""
         level = self.resampling.level
         summary = self.summary_replicates
-        ser = interval(summary["ser"], level)
+        ser = interval(summary["ser"], level, self.fairness.ser)
         return {
             "groups": {
-                name: {**result.to_dict(), "ci": interval(self.group_replicates[name], level)}
+                name: {**result.to_dict(), "ci": interval(self.group_replicates[name], level, result.accuracy_mean)}
                 for name, result in self.groups.items()
             },
             "overall": {**self.overall.to_dict(), "tar_at_far": self.tar_at_far},
             "fairness": {
                 **self.fairness.to_dict(),
                 "ci": {
-                    "mean": interval(summary["mean"], level),
-                    "std": interval(summary["std"], level),
+                    "mean": interval(summary["mean"], level, self.fairness.mean),
+                    "std": interval(summary["std"], level, self.fairness.std),
                     "ser": None if ser is None else [ser_to_json(v) for v in ser],
                 },
             },

@@ -279,8 +279,8 @@ def operational_fairness(
                 fmr_b, fnmr_b = _bootstrap_rates(
                     accepted[mask], issame[mask], resampling.clusters[mask], resampling.counts
                 )
-                entry["fmr_ci"] = unsupported(interval(fmr_b, resampling.level), own)
-                entry["fnmr_ci"] = unsupported(interval(fnmr_b, resampling.level), overall)
+                entry["fmr_ci"] = unsupported(interval(fmr_b, resampling.level, fmr), own)
+                entry["fnmr_ci"] = unsupported(interval(fnmr_b, resampling.level, fnmr), overall)
             per_group[name] = entry
             if fmr is not None and fnmr is not None:
                 rates[name] = (fmr, fnmr)

@@ -11,6 +11,7 @@ The pair distances of every artifact are kept (``pair_distances.npz``) for compa
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -51,15 +52,21 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
     for built in ctx.artifacts():
         embed = embed_uint8(built.runner(threads=threads))
         progress = built.name if ctx.progress else None
+        started = time.perf_counter()
         embeddings = embed_images(embed, bench.images, cfg.batch_size, cfg.flip, progress)
+        embedded = time.perf_counter()
         evaluation = evaluate_embeddings(embeddings, bench, resampling=resampling)
         evaluated[built.name], distances[built.name] = evaluation, pair_distances(embeddings)
         parent = built.artifact.derived_from
         if parent in evaluated:
             comparisons[built.name] = compare_results(evaluation, evaluated[parent], parent)
         entry: dict[str, Any] = {"evaluation": evaluation.to_dict()}
+        # where validate's time goes, per artifact (BENCHMARKS.md): embedding dominates, the measures are cheap
+        entry["seconds"] = {"embed": embedded - started, "measure": time.perf_counter() - embedded}
         if cross is not None:
+            started = time.perf_counter()
             cross_emb = embed_images(embed, cross.images, cfg.batch_size, cfg.flip)
+            entry["seconds"]["embed_cross_group"] = time.perf_counter() - started
             impostor = ~bench.issame
             entry["evaluation"]["cross_group_fmr"] = cross_group_fmr(
                 1.0 - distances[built.name][impostor] / 2.0,

@@ -24,16 +24,25 @@ def _bound(value: float | str) -> str:
 def percent_interval(value: float, ci: Sequence[float] | None, style: str = "plusminus", scale: float = 100.0) -> str:
     """``88.62 ±1.10`` (half-width of the interval) or ``3.45 [2.31, 4.92]`` (``style="brackets"``), in %.
 
-    Plus-minus suits near-symmetric intervals (accuracies); brackets show skewed ones (STD, SER) as they are. A
-    missing interval shows the value alone.
+    Plus-minus suits near-symmetric intervals; brackets show skewed ones (STD, SER) as they are, and so does
+    plus-minus whenever one side of the interval is more than 1.5 times the other (bias-corrected intervals of an
+    accuracy can be): a half-width would hide which side the uncertainty is on. A missing interval shows the value
+    alone.
     """
     if ci is None:
         return f"{scale * value:.2f}"
     low, high = ci
-    if style == "brackets" or isinstance(low, str) or isinstance(high, str):
+    if style == "brackets" or isinstance(low, str) or isinstance(high, str) or _lopsided(value, low, high):
         scaled = [b if isinstance(b, str) else scale * b for b in (low, high)]
         return f"{scale * value:.2f} [{_bound(scaled[0])}, {_bound(scaled[1])}]"
     return f"{scale * value:.2f} ±{scale * (high - low) / 2:.2f}"
+
+
+def _lopsided(value: float, low: float, high: float) -> bool:
+    below, above = value - low, high - value
+    if below <= 0 or above <= 0:
+        return below != above  # the estimate on an end of its interval (a zero-width one is symmetric)
+    return max(below, above) > 1.5 * min(below, above)
 
 
 def accuracy_table(metrics: dict[str, Any]) -> str:

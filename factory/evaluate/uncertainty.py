@@ -17,8 +17,12 @@ the differences of their replicates give **paired** intervals: far narrower than
 because both artifacts meet the same hard people. Per group, McNemar's exact test on the pair decisions (pairs only
 one of the two gets right) says whether the two differ at all.
 
-Intervals are percentile intervals of the replicates (the ``(1 - level) / 2`` and ``(1 + level) / 2`` order
-statistics, so an infinite SER stays infinite instead of becoming NaN by interpolation).
+Intervals are bias-corrected percentile intervals (Efron's BC) of the replicates: order statistics (so an
+infinite SER stays infinite instead of becoming NaN by interpolation) at ``Φ(2·z0 ± z)``, where ``z0 = Φ⁻¹(share of
+replicates below the estimate)``. Re-choosing thresholds per replicate makes the replicates of an accuracy sit
+above the estimate by a few tenths of a point, and more so for a noisier artifact: a plain percentile interval of a
+difference then lies mostly on one side of its own estimate (measured on the demo: an INT8 drop of 1.12 points with
+the interval [0.67, 2.46]); BC moves the tails back so the estimate sits where the replicates' median would.
 """
 
 from __future__ import annotations
@@ -160,14 +164,28 @@ def protocol_replicates(
     return np.nanmean(fold_accuracy, axis=1)  # a fold left empty by a replicate has no accuracy, not zero
 
 
-def interval(samples: np.ndarray, level: float) -> list[float] | None:
-    """Percentile interval of the non-NaN replicates (order statistics: infinities stay infinite); None if none."""
+def interval(samples: np.ndarray, level: float, estimate: float | None = None) -> list[float] | None:
+    """Interval of the non-NaN replicates (order statistics: infinities stay infinite); None if there are none.
+
+    With the point ``estimate`` it is bias-corrected (BC): the tails move by ``2·z0`` on the normal scale, ``z0``
+    from the share of replicates below the estimate (ties count half). Without it (or with a NaN estimate), the
+    plain percentile interval.
+    """
+    from scipy.stats import norm
+
     samples = np.asarray(samples, np.float64)
     samples = samples[~np.isnan(samples)]
     if not len(samples):
         return None
     tail = round((1.0 - level) / 2.0, 12)  # 1 - 0.95 is 0.05000000000000004: would skip an order statistic
-    low, high = np.quantile(samples, [tail, 1.0 - tail], method="inverted_cdf")
+    tails = np.array([tail, 1.0 - tail])
+    if estimate is not None and not math.isnan(estimate):
+        below = (np.sum(samples < estimate) + 0.5 * np.sum(samples == estimate)) / len(samples)
+        # one replicate's worth from either end: all replicates on one side would make z0 infinite
+        below = min(max(below, 0.5 / len(samples)), 1.0 - 0.5 / len(samples))
+        z0 = norm.ppf(below)
+        tails = norm.cdf(2.0 * z0 + norm.ppf(tails))
+    low, high = np.quantile(samples, tails, method="inverted_cdf")
     return [float(low), float(high)]
 
 
@@ -204,7 +222,7 @@ def paired_difference(artifact: np.ndarray, against: np.ndarray, point: float, l
     """``{"delta": point, "ci": interval of artifact - against over the shared replicates}``."""
     if artifact.shape != against.shape:
         raise ValueError("replicates of different resamplings cannot be paired")
-    return {"delta": point, "ci": interval(artifact - against, level)}
+    return {"delta": point, "ci": interval(artifact - against, level, point)}
 
 
 def finite_or_none(value: float) -> float | None:
