@@ -13,7 +13,7 @@ import torch
 
 from factory.data.sources import SourceContext
 from factory.data.world.renderer import make_world
-from factory.distill.tasks import TASKS  # the registry, with the KD tasks registered
+from factory.distill.methods import MethodContext
 from factory.models.checkpoint import save_model
 from factory.models.external import load_teacher
 from factory.models.zoo import count_params, create_model
@@ -40,7 +40,7 @@ def distill_student(ctx: StageContext) -> StageResult:
         labelled=False,
         size=student.contract.input_size[0],
     )
-    task = TASKS.get("feature_kd")(teacher, loss=cfg.loss, normalize=cfg.normalize)
+    task = cfg.method.build(MethodContext(teacher=teacher, student=student, seed=seed, work_dir=ctx.work_dir))
     result = fit(student, task, cfg.source.open(where), cfg.train, ctx.work_dir, "distill", ctx.progress)
     save_model(ctx.work_dir / STUDENT_FILE, student, extra={"teacher": teacher.model_name, "steps": result.steps})
     clear_resume(ctx.work_dir)
@@ -48,6 +48,7 @@ def distill_student(ctx: StageContext) -> StageResult:
         "student": cfg.student,
         "teacher": teacher.model_name,
         "data": cfg.source.describe(where),
+        "method": cfg.method.describe(),
         "params": count_params(student),
         "steps": result.steps,
         "resumed_from": result.resumed_from,

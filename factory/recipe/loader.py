@@ -62,6 +62,7 @@ UNION_FAMILIES: dict[str, tuple[str, str]] = {
     "model": ("factory.models.zoo", "MODELS"),
     "head": ("factory.models.heads", "HEADS"),
     "kd_loss": ("factory.distill.losses", "KD_LOSSES"),
+    "distill_method": ("factory.distill.methods", "DISTILL_METHODS"),
     "source": ("factory.data.sources", "SOURCES"),
     "exporter": ("factory.export.exporters", "EXPORTERS"),
     "compressor": ("factory.compress.compressors", "COMPRESSORS"),

@@ -205,8 +205,9 @@ class DistillConfig:
     # What to distill on: online procedural faces, {kind: files, path: ...} (a flat folder, a list or a RecordIO
     # pack), {kind: stylegan, ...} or {kind: mix, sources: [...], weights: [...]}. Kinds: factory.data.sources.
     source: Any = field(default=None, metadata={"union": "source", "default": {"kind": "procedural"}})
-    loss: str = field(default="mse", metadata={"registry": "kd_loss"})
-    normalize: bool = False  # SynthDistill uses raw embeddings; QuantFace/MST-KD normalise first
+    # How the student learns from the teacher: {kind: feature_kd, loss: mse, normalize: false} (SynthDistill's raw
+    # MSE; QuantFace and MST-KD normalise first). Kinds: factory.distill.methods.DISTILL_METHODS.
+    method: Any = field(default=None, metadata={"union": "distill_method", "default": {"kind": "feature_kd"}})
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine")
     )
