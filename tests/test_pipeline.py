@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ def make(ctx: StageContext) -> StageResult:
     RUNS.append("make")
     # Reads two settings; only the seed shapes the output, the description is carried along unused.
     write_text(ctx.work_dir / "model.txt", f"weights for seed {ctx.config['seed']}")
+    # A log that differs on every run, as TensorBoard's event files do: it must not re-run the stages downstream.
+    write_text(ctx.work_dir / "tensorboard" / "make" / "events.log", f"written at {time.time_ns()}")
     return StageResult({"described": ctx.config["description"]}, [Artifact("model", ("model.txt",), "torch")])
 
 

@@ -20,13 +20,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
 from factory.data.formats.folders import LabelledImages, read_image_folder, read_image_list
 from factory.data.formats.recordio import RecordIOReader
 from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat_folder
+from factory.data.resampling import DynamicResampling
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
@@ -95,16 +96,22 @@ class ProceduralSourceConfig:
     """The built-in procedural world: a fixed identity set when labelled, fresh identities every step otherwise."""
 
     kind: str = "procedural"
+    # dynamic: SynthDistill's re-sampling (factory.data.resampling), every second step re-renders the previous
+    # step's identities moved by resample_scale·s·ε, s the student-teacher agreement. static: fresh every step.
+    sampling: Literal["static", "dynamic"] = "static"
+    resample_scale: float = field(default=1.0, metadata=between(gt=0))  # the paper's c
 
     def open(self, ctx: SourceContext) -> Any:
         """A live source over the recipe's world."""
         if ctx.labelled:
+            if self.sampling == "dynamic":
+                raise ValueError("sampling: dynamic re-samples latents for distillation; a labelled source is static")
             return LabelledWorldBatches(ctx)
-        return UnlabelledWorldBatches(ctx)
+        return _sampled(WorldFaces(ctx), self.sampling, self.resample_scale, ctx)
 
     def describe(self, ctx: SourceContext) -> str:
         """Where the data comes from, for metrics and reports."""
-        return f"procedural:{ctx.split}"
+        return f"procedural:{ctx.split}" + _sampling_note(self.sampling, self.resample_scale)
 
 
 @SOURCES.register("files")
@@ -144,6 +151,8 @@ class StyleGANSourceConfig:
     # 1 samples the whole latent distribution, smaller pulls towards the average face (0 renders that one face for
     # every latent: nothing to distill on); above 1 extrapolates away from it, into artefacts.
     truncation_psi: float = field(default=1.0, metadata=between(gt=0, le=1))
+    sampling: Literal["static", "dynamic"] = "static"  # as the procedural source's (factory.data.resampling)
+    resample_scale: float = field(default=1.0, metadata=between(gt=0))
 
     def check(self, fail: Fail) -> None:
         """Both files are needed, and loading must be explicitly trusted."""
@@ -160,11 +169,12 @@ class StyleGANSourceConfig:
         if ctx.labelled:
             raise ValueError("a stylegan source has no identity labels: use it for distillation (distill.source)")
         generator = load_stylegan2(self.pickle, self.code_dir, trust=self.trust_pickle)
-        return GeneratorBatches(StyleGANSource(generator, truncation_psi=self.truncation_psi), ctx)
+        faces = GeneratorFaces(StyleGANSource(generator, truncation_psi=self.truncation_psi), ctx)
+        return _sampled(faces, self.sampling, self.resample_scale, ctx)
 
     def describe(self, ctx: SourceContext) -> str:
         """The generator pickle."""
-        return f"stylegan:{self.pickle}"
+        return f"stylegan:{self.pickle}" + _sampling_note(self.sampling, self.resample_scale)
 
 
 @SOURCES.register("mix")
@@ -210,31 +220,71 @@ class LabelledWorldBatches(StatelessSource):
         return {"pixels": pixels, "labels": labels, "groups": groups}
 
 
-class UnlabelledWorldBatches(StatelessSource):
-    """Fresh procedural identities every step, balanced over groups (label-free distillation)."""
+class WorldFaces:
+    """Fresh procedural identities every step, balanced over groups, with their latents (label-free distillation)."""
 
     def __init__(self, ctx: SourceContext) -> None:
         self.ctx = ctx
 
-    def batch(self, step: int) -> dict[str, Any]:
-        """Images and groups of one step."""
+    def fresh(self, step: int) -> dict[str, Any]:
+        """Images, latents and groups of one step."""
         batch = unlabelled_batch(self.ctx.world, self.ctx.batch_size, step, self.ctx.seed, split=self.ctx.split)
-        return {"pixels": batch["images"], "groups": batch["group"]}
+        return {"pixels": batch["images"], "w": batch["w"], "groups": batch["group"]}
+
+    def render(self, w: torch.Tensor, groups: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Faces of given latents, nuisances from ``generator``."""
+        del groups  # w carries everything the renderer needs
+        return self.ctx.world.synthesis(w, generator)
+
+    def spread(self, groups: torch.Tensor | None) -> torch.Tensor:
+        """Each sample's group spread in w: the scale of a re-sampling move that keeps it in its group."""
+        return self.ctx.world.w_spread(groups)
 
 
-class GeneratorBatches(StatelessSource):
-    """Faces from a generator with the world's interface (``sample_z``, ``mapping``, ``synthesis``)."""
+class GeneratorFaces:
+    """Faces from a generator with the world's interface (``sample_z``, ``mapping``, ``synthesis``, ``w_spread``)."""
 
     def __init__(self, generator: Any, ctx: SourceContext) -> None:
         if generator.resolution != ctx.size:
             raise ValueError(f"the generator gives {generator.resolution}px faces, the model takes {ctx.size}px")
         self.generator, self.ctx = generator, ctx
 
-    def batch(self, step: int) -> dict[str, Any]:
-        """Images rendered from fresh latents."""
+    def fresh(self, step: int) -> dict[str, Any]:
+        """Images rendered from fresh latents, with the latents."""
         gen = make_generator("generator", self.ctx.seed, self.ctx.split, step)
         z = self.generator.sample_z(self.ctx.batch_size, gen)
-        return {"pixels": self.generator.synthesis(self.generator.mapping(z), gen)}
+        w = self.generator.mapping(z)
+        return {"pixels": self.generator.synthesis(w, gen), "w": w}
+
+    def render(self, w: torch.Tensor, groups: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Faces of given latents."""
+        del groups
+        return self.generator.synthesis(w, generator)
+
+    def spread(self, groups: torch.Tensor | None) -> torch.Tensor | float:
+        """The generator's scale of a move in W."""
+        return self.generator.w_spread(groups)
+
+
+class StaticBatches(StatelessSource):
+    """Fresh latents every step: the faces' static batches, nothing fed back."""
+
+    def __init__(self, faces: Any) -> None:
+        self.faces = faces
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """The static batch of ``step``."""
+        return self.faces.fresh(step)
+
+
+def _sampled(faces: Any, sampling: str, scale: float, ctx: SourceContext) -> Any:
+    if sampling == "dynamic":
+        return DynamicResampling(faces, scale, ctx.seed, ctx.split)
+    return StaticBatches(faces)
+
+
+def _sampling_note(sampling: str, scale: float) -> str:
+    return f" (dynamic re-sampling, c = {scale:g})" if sampling == "dynamic" else ""
 
 
 class FileBatches(StatelessSource):
@@ -267,10 +317,12 @@ class MixedBatches:
             if n > 0
         ]
         self.sizes = [n for n in self.sizes if n > 0]
+        self._batches: list[dict[str, Any]] = []
 
     def batch(self, step: int) -> dict[str, Any]:
         """The parts' batches, concatenated in order (groups only when every part has them)."""
         batches = [part.batch(step) for part in self.parts]
+        self._batches = batches  # each part's own batch (its latents too), for its feedback on this step
         out = {"pixels": torch.cat([b["pixels"] for b in batches])}
         if all("groups" in b for b in batches):
             out["groups"] = torch.cat([b["groups"] for b in batches])
@@ -278,10 +330,10 @@ class MixedBatches:
 
     def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
         """Each part gets the slice of the per-sample values that belongs to its images."""
+        del batch  # the concatenation: each part gets back the batch it made
         start = 0
-        for part, n in zip(self.parts, self.sizes, strict=True):
-            piece = {k: v[start : start + n] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            part.feedback(step, piece, {k: v[start : start + n] for k, v in per_sample.items()})
+        for part, n, own in zip(self.parts, self.sizes, self._batches, strict=True):
+            part.feedback(step, own, {k: v[start : start + n] for k, v in per_sample.items()})
             start += n
 
     def state_dict(self) -> dict[str, Any]:
