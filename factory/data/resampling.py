@@ -14,6 +14,9 @@ times a typical identity's distance from the group mean, and the face stays one 
 
 Step 2 needs step 1's agreement, which the training loop hands back through ``feedback``; the pending ``w``, groups
 and agreement are the source's state, so a run interrupted between the two steps resumes with them.
+
+With an adaptive group balance (``factory.data.sources.GroupBalancer``) only step 1 draws group counts from it; step
+2 keeps step 1's groups. The balancer learns from both steps' feedback, and its state travels with the pending step.
 """
 
 from __future__ import annotations
@@ -42,13 +45,36 @@ class LatentFaces(Protocol):
         ...
 
 
-class DynamicResampling:
-    """Even steps render fresh latents; odd steps re-render the previous step's, moved by ``c·s·ε``."""
+class Balancer(Protocol):
+    """What adapts the fresh batches' group counts to the feedback (``factory.data.sources.GroupBalancer``)."""
 
-    def __init__(self, faces: LatentFaces, scale: float, seed: int, split: str) -> None:
+    def feedback(self, batch: dict[str, Any], per_sample: dict[str, Tensor]) -> None:
+        """Learn from one batch's per-sample values."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
+
+
+class DynamicResampling:
+    """Even steps render fresh latents; odd steps re-render the previous step's, moved by ``c·s·ε``.
+
+    ``balancer`` is the faces' adaptive group balance, if any: it gets every step's feedback and its state is kept
+    with this source's.
+    """
+
+    def __init__(
+        self, faces: LatentFaces, scale: float, seed: int, split: str, balancer: Balancer | None = None
+    ) -> None:
         if scale <= 0:
             raise ValueError(f"resample_scale must be > 0, got {scale}")
         self.faces, self.scale, self.seed, self.split = faces, float(scale), seed, split
+        self.balancer = balancer
         self._pending: dict[str, Tensor] | None = None  # step 1's w, groups and agreement, waiting for step 2
 
     def batch(self, step: int) -> dict[str, Any]:
@@ -73,6 +99,8 @@ class DynamicResampling:
 
     def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, Tensor]) -> None:
         """After a fresh step, keep its latents and the student-teacher agreement for the next step."""
+        if self.balancer is not None:  # both kinds of step measure how the student does on each group
+            self.balancer.feedback(batch, per_sample)
         if step % 2:
             return
         if "agreement" not in per_sample:
@@ -86,14 +114,20 @@ class DynamicResampling:
         self._pending = pending
 
     def state_dict(self) -> dict[str, Any]:
-        """The pending step-1 latents (None between pairs of steps)."""
-        return {"pending": None if self._pending is None else dict(self._pending)}
+        """The pending step-1 latents (None between pairs of steps), and the balancer's state if there is one."""
+        state: dict[str, Any] = {"pending": None if self._pending is None else dict(self._pending)}
+        if self.balancer is not None:
+            state["balance"] = self.balancer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        if set(state) != {"pending"}:
-            raise ValueError(f"re-sampling state holds {sorted(state)}, expected ['pending']")
+        expected = {"pending"} if self.balancer is None else {"pending", "balance"}
+        if set(state) != expected:
+            raise ValueError(f"re-sampling state holds {sorted(state)}, expected {sorted(expected)}")
         self._pending = None if state["pending"] is None else dict(state["pending"])
+        if self.balancer is not None:
+            self.balancer.load_state_dict(state["balance"])
 
 
 def resample_w(w: Tensor, agreement: Tensor, spread: Tensor | float, scale: float, gen: torch.Generator) -> Tensor:

@@ -5,7 +5,8 @@ registered object is that section's config dataclass; ``open(ctx)`` turns it int
 (:class:`~factory.train.task.Source`: ``batch(step)``, a ``feedback`` hook, resumable state). Every batch is a pure
 function of ``(seed, split, step)`` and the source's state, so training resumes exactly.
 
-Kinds: ``procedural`` (the built-in world, labelled identities or fresh ones every step), ``files`` (a RecordIO pack,
+Kinds: ``procedural`` (the built-in world, labelled identities or fresh ones every step, optionally with more of the
+groups the student matches the teacher worst on: :class:`GroupBalancer`), ``files`` (a RecordIO pack,
 a labelled folder or list for teachers; a flat folder, list or pack for distillation), ``stylegan`` (a user's
 StyleGAN2-ADA generator, distillation only) and ``mix`` (several sources, each filling its share of every batch).
 
@@ -100,18 +101,35 @@ class ProceduralSourceConfig:
     # step's identities moved by resample_scale·s·ε, s the student-teacher agreement. static: fresh every step.
     sampling: Literal["static", "dynamic"] = "static"
     resample_scale: float = field(default=1.0, metadata=between(gt=0))  # the paper's c
+    # equal: every group gets the same share of each fresh batch. adaptive: groups the student agrees with the
+    # teacher least on get more of it (GroupBalancer), adaptive_strength saying how strongly.
+    group_balance: Literal["equal", "adaptive"] = "equal"
+    adaptive_strength: float = field(default=1.0, metadata=between(gt=0))
 
     def open(self, ctx: SourceContext) -> Any:
         """A live source over the recipe's world."""
         if ctx.labelled:
             if self.sampling == "dynamic":
                 raise ValueError("sampling: dynamic re-samples latents for distillation; a labelled source is static")
+            if self.group_balance == "adaptive":
+                raise ValueError(
+                    "group_balance: adaptive follows the student-teacher agreement of label-free distillation; a "
+                    "labelled source draws its fixed identities uniformly"
+                )
             return LabelledWorldBatches(ctx)
-        return _sampled(WorldFaces(ctx), self.sampling, self.resample_scale, ctx)
+        balancer = None
+        if self.group_balance == "adaptive":
+            balancer = GroupBalancer(len(ctx.world.group_names), self.adaptive_strength)
+        return _sampled(WorldFaces(ctx, balancer), self.sampling, self.resample_scale, ctx)
 
     def describe(self, ctx: SourceContext) -> str:
         """Where the data comes from, for metrics and reports."""
-        return f"procedural:{ctx.split}" + _sampling_note(self.sampling, self.resample_scale)
+        balance = f" (adaptive group balance, strength {self.adaptive_strength:g})"
+        return (
+            f"procedural:{ctx.split}"
+            + _sampling_note(self.sampling, self.resample_scale)
+            + (balance if self.group_balance == "adaptive" else "")
+        )
 
 
 @SOURCES.register("files")
@@ -220,15 +238,92 @@ class LabelledWorldBatches(StatelessSource):
         return {"pixels": pixels, "labels": labels, "groups": groups}
 
 
-class WorldFaces:
-    """Fresh procedural identities every step, balanced over groups, with their latents (label-free distillation)."""
+AGREEMENT_DECAY = 0.9  # of the running per-group agreement: about the last ten batches count
 
-    def __init__(self, ctx: SourceContext) -> None:
-        self.ctx = ctx
+
+def balance_shares(agreement: torch.Tensor, strength: float) -> torch.Tensor:
+    """Each group's share of a batch from its student-teacher agreement: the adaptive group-balance rule.
+
+    ``share_g = 1/(2G) + ½·softmax(strength·(1 − agreement))_g`` for ``G`` groups: half of the batch is dealt
+    equally, the other half in proportion to ``exp(strength·(1 − agreement_g))``, so the groups the student
+    matches the teacher worst on get more. Equal agreements give equal shares ``1/G``, and no group ever gets less
+    than ``1/(2G)``: a group the student already does well on is still seen, never starved.
+    """
+    agreement = torch.as_tensor(agreement, dtype=torch.float64)
+    groups = len(agreement)
+    return 0.5 / groups + 0.5 * torch.softmax(strength * (1.0 - agreement), dim=0)
+
+
+class GroupBalancer:
+    """Fairness-adaptive group balance: a running per-group agreement, and the shares of the next fresh batch.
+
+    Every batch's per-sample ``agreement`` (fed back by the training loop) updates each group's running mean
+    (an EMA with decay :data:`AGREEMENT_DECAY`; a group's first batch sets it). The shares are
+    :func:`balance_shares` of it, a group not seen yet counting as the mean of the seen ones (neither favoured
+    nor starved). The running means are the source's state, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, groups: int, strength: float) -> None:
+        if strength <= 0:
+            raise ValueError(f"adaptive_strength must be > 0, got {strength}")
+        self.strength = float(strength)
+        self.agreement = torch.zeros(groups, dtype=torch.float64)
+        self.seen = torch.zeros(groups, dtype=torch.bool)
+
+    def shares(self) -> torch.Tensor:
+        """Each group's share of the next fresh batch (sums to 1)."""
+        neutral = self.agreement[self.seen].mean() if bool(self.seen.any()) else torch.tensor(0.0, dtype=torch.float64)
+        return balance_shares(torch.where(self.seen, self.agreement, neutral), self.strength)
+
+    def feedback(self, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """Fold one batch's per-sample agreement into each group's running mean."""
+        if "agreement" not in per_sample:
+            raise ValueError(
+                "group_balance: adaptive needs the per-sample student-teacher agreement, and this distillation "
+                "method reports none: use group_balance: equal"
+            )
+        groups = batch["groups"].detach().cpu().long()
+        agreement = per_sample["agreement"].detach().cpu().double()
+        n = len(self.agreement)
+        count = torch.bincount(groups, minlength=n)
+        mean = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, agreement) / count.clamp_min(1)
+        updated = torch.where(self.seen, AGREEMENT_DECAY * self.agreement + (1 - AGREEMENT_DECAY) * mean, mean)
+        present = count > 0
+        self.agreement = torch.where(present, updated, self.agreement)
+        self.seen = self.seen | present
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running agreement per group and which groups have been seen."""
+        return {"agreement": self.agreement.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; another number of groups belongs to another world and is refused."""
+        if set(state) != {"agreement", "seen"}:
+            raise ValueError(f"group balance state holds {sorted(state)}, expected ['agreement', 'seen']")
+        if state["agreement"].shape != self.agreement.shape or state["seen"].shape != self.seen.shape:
+            raise ValueError(
+                f"group balance state is for {len(state['agreement'])} groups, this world has {len(self.agreement)}"
+            )
+        self.agreement = state["agreement"].to(torch.float64).clone()
+        self.seen = state["seen"].to(torch.bool).clone()
+
+
+class WorldFaces:
+    """Fresh procedural identities every step, balanced over groups, with their latents (label-free distillation).
+
+    With a ``balancer`` each fresh batch's group counts follow its shares; without one every group gets an equal
+    share.
+    """
+
+    def __init__(self, ctx: SourceContext, balancer: GroupBalancer | None = None) -> None:
+        self.ctx, self.balancer = ctx, balancer
 
     def fresh(self, step: int) -> dict[str, Any]:
         """Images, latents and groups of one step."""
-        batch = unlabelled_batch(self.ctx.world, self.ctx.batch_size, step, self.ctx.seed, split=self.ctx.split)
+        shares = None if self.balancer is None else self.balancer.shares()
+        batch = unlabelled_batch(
+            self.ctx.world, self.ctx.batch_size, step, self.ctx.seed, split=self.ctx.split, shares=shares
+        )
         return {"pixels": batch["images"], "w": batch["w"], "groups": batch["group"]}
 
     def render(self, w: torch.Tensor, groups: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -267,20 +362,43 @@ class GeneratorFaces:
 
 
 class StaticBatches(StatelessSource):
-    """Fresh latents every step: the faces' static batches, nothing fed back."""
+    """Fresh latents every step: the faces' static batches.
 
-    def __init__(self, faces: Any) -> None:
-        self.faces = faces
+    Nothing is fed back unless the faces are group-balanced adaptively: then the feedback and the state are the
+    balancer's (without one the source is stateless, its state ``{}``).
+    """
+
+    def __init__(self, faces: Any, balancer: GroupBalancer | None = None) -> None:
+        self.faces, self.balancer = faces, balancer
 
     def batch(self, step: int) -> dict[str, Any]:
         """The static batch of ``step``."""
         return self.faces.fresh(step)
 
+    def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """The balancer's running agreement learns from this batch."""
+        if self.balancer is not None:
+            self.balancer.feedback(batch, per_sample)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The balancer's state, or none."""
+        return {} if self.balancer is None else {"balance": self.balancer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if self.balancer is None:
+            super().load_state_dict(state)
+        elif set(state) != {"balance"}:
+            raise ValueError(f"group-balanced source state holds {sorted(state)}, expected ['balance']")
+        else:
+            self.balancer.load_state_dict(state["balance"])
+
 
 def _sampled(faces: Any, sampling: str, scale: float, ctx: SourceContext) -> Any:
+    balancer = getattr(faces, "balancer", None)  # the same object draws the counts and learns from the feedback
     if sampling == "dynamic":
-        return DynamicResampling(faces, scale, ctx.seed, ctx.split)
-    return StaticBatches(faces)
+        return DynamicResampling(faces, scale, ctx.seed, ctx.split, balancer=balancer)
+    return StaticBatches(faces, balancer)
 
 
 def _sampling_note(sampling: str, scale: float) -> str:

@@ -3,6 +3,9 @@
 A method is a config dataclass registered by ``kind`` (checked by the recipe loader like any tagged section) whose
 ``build`` returns the :class:`~factory.train.task.Task` the one training loop runs: feature KD, QUD, MST-KD, a margin
 baseline. A new method is one more registered file in this package (imported by its ``__init__``).
+
+A method that trains on identity labels declares the class attribute ``labelled = True`` (and may have an
+``identities_per_group`` field): the distill stage then opens its source labelled and passes ``num_classes``.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ class MethodContext:
         student: the network being trained.
         seed: the recipe's seed (a method's own random state, e.g. QUD's initial queue, derives from it).
         work_dir: the stage's folder, for anything a method writes beside the student.
+        num_classes: identities of the source's labels, for a method that trains on them (``labelled = True``:
+            the stage then opens a labelled source); None for label-free distillation.
     """
 
     teacher: nn.Module
     student: nn.Module
     seed: int
     work_dir: Path | None = None
+    num_classes: int | None = None
 
 
 def embedding_dim(model: nn.Module) -> int:
