@@ -20,7 +20,7 @@ import torch
 
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
-from factory.distill.tasks import FeatureDistillTask
+from factory.distill.methods.feature_kd import FeatureDistillTask
 from factory.files import write_json
 from factory.models.heads import create_head
 from factory.models.zoo import create_model

@@ -161,6 +161,97 @@ CASES = [
         max_lines=1,
     ),
     Case(
+        "multistep-without-milestones",
+        recipe("distill:\n  train:\n    schedule: multistep\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: distill.train.milestones: empty", "(expected the steps at which schedule 'multistep'"],
+        max_lines=1,
+    ),
+    Case(
+        "milestones-not-increasing",
+        recipe(TRAIN.format("schedule: multistep\n    milestones: [60, 30]")),
+        EXIT_INPUT,
+        ["r.yaml:4: teacher.train.milestones: got [60, 30] (expected strictly increasing steps)"],
+        max_lines=1,
+    ),
+    Case(
+        "milestones-repeated",
+        recipe(TRAIN.format("schedule: multistep\n    milestones: [30, 30]")),
+        EXIT_INPUT,
+        ["r.yaml:4: teacher.train.milestones: got [30, 30] (expected strictly increasing steps)"],
+        max_lines=1,
+    ),
+    Case(
+        "milestone-at-the-last-step",
+        recipe(TRAIN.format("steps: 100\n    schedule: multistep\n    milestones: [30, 100]")),
+        EXIT_INPUT,
+        ["r.yaml:5: teacher.train.milestones: got [30, 100]", "(expected each < steps = 100"],
+        max_lines=1,
+    ),
+    Case(
+        "milestone-zero",
+        recipe(TRAIN.format("schedule: multistep\n    milestones: [0, 30]")),
+        EXIT_INPUT,
+        ["r.yaml:4: teacher.train.milestones.0: got 0 (expected an integer >= 1)"],
+        max_lines=1,
+    ),
+    Case(
+        "milestones-without-multistep",
+        recipe(TRAIN.format("milestones: [30]")),
+        EXIT_INPUT,
+        ["r.yaml:3: teacher.train.milestones: got [30] with schedule 'cosine'", "or schedule 'multistep'"],
+        max_lines=1,
+    ),
+    Case(
+        "gamma-zero",
+        recipe(TRAIN.format("schedule: step\n    step_every: 5\n    gamma: 0")),
+        EXIT_INPUT,
+        ["r.yaml:5: teacher.train.gamma: got 0.0 (expected a number in (0, 1])"],
+        max_lines=1,
+    ),
+    Case(
+        "gamma-above-one",
+        recipe(TRAIN.format("schedule: multistep\n    milestones: [10]\n    gamma: 2")),
+        EXIT_INPUT,
+        ["r.yaml:5: teacher.train.gamma: got 2.0 (expected a number in (0, 1])"],
+        max_lines=1,
+    ),
+    Case(
+        "gamma-with-cosine",
+        recipe(TRAIN.format("gamma: 0.5")),
+        EXIT_INPUT,
+        ["r.yaml:3: teacher.train.gamma: got 0.5 with schedule 'cosine'", "or schedule 'step' or 'multistep'"],
+        max_lines=1,
+    ),
+    Case(
+        "nesterov-without-momentum",
+        recipe(TRAIN.format("momentum: 0\n    nesterov: true")),
+        EXIT_INPUT,
+        ["r.yaml:4: teacher.train.nesterov: true with momentum 0", "(expected false, or momentum > 0"],
+        max_lines=1,
+    ),
+    Case(
+        "nesterov-with-adam",
+        recipe(TRAIN.format("optimizer: adam\n    nesterov: true")),
+        EXIT_INPUT,
+        ["r.yaml:4: teacher.train.nesterov: true with optimizer 'adam'", "(expected false, or optimizer 'sgd')"],
+        max_lines=1,
+    ),
+    Case(
+        "grad-clip-zero",
+        recipe(TRAIN.format("grad_clip_norm: 0")),
+        EXIT_INPUT,
+        ["r.yaml:3: teacher.train.grad_clip_norm: got 0.0 (expected a number > 0)"],
+        max_lines=1,
+    ),
+    Case(
+        "grad-clip-inf-from-set",
+        recipe("seed: 0\n", "--set", "distill.train.grad_clip_norm=inf"),
+        EXIT_INPUT,
+        ["--set distill.train.grad_clip_norm=inf: distill.train.grad_clip_norm: got inf (expected a number > 0)"],
+        max_lines=1,
+    ),
+    Case(
         "seed-negative",
         recipe("seed: -1\n"),
         EXIT_INPUT,
@@ -614,8 +705,8 @@ def test_type_range_and_set_problems_come_together(tmp_path: Path, monkeypatch: 
         "every step_every steps)",
         "--set gates.max_std=2: gates.max_std: got 2.0 (expected a number in [0, 1])",
         "--set distill.train.stepz=3: distill.train.stepz: unknown key (did you mean 'steps'? expected one of: steps, "
-        "batch_size, optimizer, lr, weight_decay, momentum, warmup_steps, schedule, step_every, checkpoint_every, "
-        "channels_last)",
+        "batch_size, optimizer, lr, weight_decay, momentum, nesterov, warmup_steps, schedule, step_every, milestones, "
+        "gamma, grad_clip_norm, checkpoint_every, channels_last, tensorboard)",
     ]
 
 

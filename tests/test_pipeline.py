@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ def make(ctx: StageContext) -> StageResult:
     RUNS.append("make")
     # Reads two settings; only the seed shapes the output, the description is carried along unused.
     write_text(ctx.work_dir / "model.txt", f"weights for seed {ctx.config['seed']}")
+    # A log that differs on every run, as TensorBoard's event files do: it must not re-run the stages downstream.
+    write_text(ctx.work_dir / "tensorboard" / "make" / "events.log", f"written at {time.time_ns()}")
     return StageResult({"described": ctx.config["description"]}, [Artifact("model", ("model.txt",), "torch")])
 
 
@@ -55,14 +58,13 @@ def release(ctx: StageContext) -> StageResult:
 
 STAGES = (
     Stage("make", (), lambda r: {"seed": r.seed, "description": r.release.description}, make),
-    Stage("derive", ("make",), lambda r: {"interrupt": r.distill.normalize}, derive),
+    Stage("derive", ("make",), lambda r: {"interrupt": not r.validate.flip}, derive),
     Stage("release", ("make", "derive"), lambda r: {"limit": r.gates.min_accuracy}, release, publishes=True),
 )
 
 
 def recipe(tmp_path: Path, **changes: object) -> Recipe:
     r = Recipe(name="toy", run_dir=str(tmp_path))
-    r.distill.normalize = False
     r.gates.min_accuracy = 0.1
     for key, value in changes.items():
         section, _, field = key.partition("__")
@@ -102,10 +104,10 @@ def test_a_setting_that_leaves_outputs_identical_reruns_only_its_stage(tmp_path:
 
 def test_interrupted_stage_resumes_from_its_partial_directory(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
-        run(recipe(tmp_path, distill__normalize=True))
+        run(recipe(tmp_path, validate__flip=False))
     assert list((tmp_path / "stages" / "derive").glob("*.partial/progress.txt"))
     assert not list((tmp_path / "stages" / "derive").glob("*/stage.json"))
-    result = build(recipe(tmp_path, distill__normalize=True), echo=lambda line: None, progress=False, stages=STAGES)
+    result = build(recipe(tmp_path, validate__flip=False), echo=lambda line: None, progress=False, stages=STAGES)
     assert result.stages["make"].cached and result.stages["derive"].metrics["resumed"] is True
     assert not list((tmp_path / "stages" / "derive").glob("*.partial"))
 
@@ -149,9 +151,9 @@ def test_clean_keeps_what_the_next_build_uses(tmp_path: Path) -> None:
     good = (tmp_path / "release").resolve()
     run(recipe(tmp_path, seed=1))  # another setting: its own keys, and now the release
     with pytest.raises(KeyboardInterrupt):
-        run(recipe(tmp_path, seed=2, distill__normalize=True))  # leaves a resumable .partial of seed 2
+        run(recipe(tmp_path, seed=2, validate__flip=False))  # leaves a resumable .partial of seed 2
     (tmp_path / "stages" / "gone").mkdir()  # a stage the pipeline no longer has
-    current = recipe(tmp_path, seed=2, distill__normalize=True)
+    current = recipe(tmp_path, seed=2, validate__flip=False)
     keys = reachable_keys(current, STAGES)
     leftover = tmp_path / "stages" / "make" / keys["make"] / ".model.txt.x1.partial"  # a killed atomic write
     leftover.write_text("half a file")

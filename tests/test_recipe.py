@@ -40,6 +40,14 @@ def test_defaults_and_name(tmp_path: Path) -> None:
     assert recipe.distill.student == "tinyfar_a"
 
 
+def test_a_written_section_changes_its_own_default_not_the_class_default(tmp_path: Path) -> None:
+    # distill's train section defaults to Adam at 1e-3; writing one key of it must not fall back to SGD at 0.1
+    recipe = load_recipe(write(tmp_path, "r.yaml", "distill:\n  train: {steps: 7}\n"))
+    train = recipe.distill.train
+    assert (train.steps, train.optimizer, train.lr, train.weight_decay) == (7, "adam", 1e-3, 0.0)
+    assert load_recipe(write(tmp_path, "t.yaml", "teacher:\n  train: {steps: 7}\n")).teacher.train.optimizer == "sgd"
+
+
 def test_misspelled_key_names_file_line_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", "seed: 1\nteacher:\n  modle: iresnet_nano\n")
     (issue,) = issues_of(path)
@@ -54,6 +62,24 @@ def test_wrong_type_and_all_problems_at_once(tmp_path: Path) -> None:
         f"{path}:4: distill.train.steps: got float 1.5 (expected an integer)",
         f"{path}:5: distill.train.optimizer: got 'rmsprop' (expected 'sgd' or 'adam' or 'adamw')",
     ]
+
+
+def test_training_schedule_settings(tmp_path: Path) -> None:
+    """The papers' settings read as written: QUD's x0.1 milestones with Nesterov SGD, MST-KD's clip, SynthDistill's
+    halving; ``gamma`` and the milestones can be set from the command line too."""
+    text = (
+        "teacher:\n  train: {steps: 260, schedule: multistep, milestones: [80, 140, 200, 250], nesterov: true,"
+        " grad_clip_norm: 5, tensorboard: false}\n"
+        "distill:\n  train: {optimizer: adam, lr: 1e-3, schedule: step, step_every: 100}\n"
+    )
+    recipe = load_recipe(write(tmp_path, "r.yaml", text))
+    teacher, distill = recipe.teacher.train, recipe.distill.train
+    assert (teacher.milestones, teacher.gamma, teacher.nesterov) == ([80, 140, 200, 250], None, True)
+    assert (teacher.grad_clip_norm, teacher.tensorboard) == (5.0, False)
+    assert (distill.schedule, distill.gamma, distill.tensorboard) == ("step", None, True)
+    overrides = ["distill.train.schedule=multistep", "distill.train.milestones=[300, 600]", "distill.train.gamma=0.2"]
+    distill = load_recipe(tmp_path / "r.yaml", overrides).distill.train
+    assert (distill.schedule, distill.milestones, distill.gamma) == ("multistep", [300, 600], 0.2)
 
 
 def test_bool_is_not_an_integer(tmp_path: Path) -> None:

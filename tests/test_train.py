@@ -1,19 +1,24 @@
-"""The shared training loop: exact resume (task and source state included, through SIGKILL), schedules, NaN."""
+"""The shared training loop: exact resume (task, source and RNG state, through SIGKILL), schedules, clipping, logs."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
-from train_toys import DriftingSource, QueueTask, TinyNet, train
+from train_toys import DriftingSource, Interrupted, NoisyTask, QueueTask, TinyNet, train
 
+from factory.pipeline.stage import LOG_DIRS
 from factory.recipe import TrainConfig
+from factory.train import loop
 from factory.train.loop import RESUME_FILE, NonFiniteLoss, fit
-from factory.train.optim import lr_factor
+from factory.train.optim import build_optimizer, lr_factor
+from factory.train.task import TaskOutput
 
 
 def test_lr_schedules() -> None:
@@ -25,6 +30,66 @@ def test_lr_schedules() -> None:
     assert lr_factor(110, cosine) == pytest.approx(0.0)
     step = TrainConfig(steps=100, schedule="step", step_every=10)
     assert [lr_factor(s, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    tenth = TrainConfig(steps=100, schedule="step", step_every=10, gamma=0.1)
+    assert [lr_factor(s, tenth) for s in (9, 10, 25)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_multistep_schedule() -> None:
+    multi = TrainConfig(steps=100, warmup_steps=0, schedule="multistep", milestones=[30, 60])
+    factors = [lr_factor(s, multi) for s in (0, 29, 30, 59, 60, 99)]
+    assert factors == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    # After the warm-up, as the other schedules; milestones count from step 0 whatever the warm-up.
+    warm = TrainConfig(steps=100, warmup_steps=10, schedule="multistep", milestones=[30], gamma=0.5)
+    assert [lr_factor(s, warm) for s in (0, 9, 29, 30)] == pytest.approx([0.1, 1.0, 1.0, 0.5])
+
+
+def test_the_loop_takes_each_step_with_its_own_lr(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        steps=8, batch_size=8, lr=0.01, schedule="multistep", milestones=[3, 6], checkpoint_every=100, tensorboard=False
+    )
+    result = fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False, log_every=1)
+    assert [h["lr"] for h in result.history] == pytest.approx([0.01] * 3 + [1e-3] * 3 + [1e-4] * 2)
+
+
+def test_nesterov_reaches_sgd() -> None:
+    params = list(TinyNet().parameters())
+    assert build_optimizer(params, TrainConfig(nesterov=True)).param_groups[0]["nesterov"] is True
+    assert build_optimizer(params, TrainConfig()).param_groups[0]["nesterov"] is False
+
+
+def test_gradient_clipping_bounds_the_step_and_logs_the_norm(tmp_path: Path) -> None:
+    """One plain SGD step (lr 1, no momentum, no decay) moves the weights by exactly the clipped gradient."""
+
+    def one_step(clip: float | None, work: Path) -> tuple[float, dict]:
+        torch.manual_seed(0)
+        model, task = TinyNet(), QueueTask()
+        params = [*model.parameters(), *task.parameters()]
+        before = [p.detach().clone() for p in params]
+        cfg = TrainConfig(
+            steps=1, batch_size=8, lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant", grad_clip_norm=clip
+        )
+        result = fit(model, task, DriftingSource(), cfg, work, progress=False)
+        moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before, strict=True)]).norm()
+        return moved.item(), result.final_terms
+
+    free, free_terms = one_step(None, tmp_path / "free")
+    clipped, terms = one_step(1e-3, tmp_path / "clipped")
+    assert "grad_norm" not in free_terms
+    # The logged norm is the one before clipping: what the step would have been without it (task's scale included).
+    assert terms["grad_norm"] == pytest.approx(free, rel=1e-4) and free > 1e-2
+    assert clipped == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_non_finite_gradient_norm_stops_a_clipped_run(tmp_path: Path) -> None:
+    class InfiniteSlope(QueueTask):
+        def __call__(self, model: torch.nn.Module, batch: dict) -> TaskOutput:
+            out = super().__call__(model, batch)
+            # sqrt has an infinite slope at 0: the loss stays finite, its gradient does not.
+            return TaskOutput(out.loss + (self.scale.weight * 0).sqrt().sum(), out.terms, out.per_sample)
+
+    cfg = TrainConfig(steps=3, batch_size=8, grad_clip_norm=5.0, checkpoint_every=100, tensorboard=False)
+    with pytest.raises(NonFiniteLoss, match="gradient norm is nan at step 0; lower the lr"):
+        fit(TinyNet(), InfiniteSlope(), DriftingSource(), cfg, tmp_path, progress=False)
 
 
 def test_nan_loss_stops_with_a_fix(tmp_path: Path) -> None:
@@ -83,9 +148,12 @@ def test_interrupted_run_resumes_with_task_and_source_state(tmp_path: Path) -> N
 
 def test_task_state_survives_sigkill(tmp_path: Path) -> None:
     script = [sys.executable, str(Path(__file__).parent / "train_toys.py")]
-    subprocess.run([*script, str(tmp_path / "whole"), "40", "0", str(tmp_path / "whole.pt")], check=True, timeout=120)
+    # This checkout's factory, not whichever one the interpreter has installed (a git worktree shares the venv).
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    whole = [*script, str(tmp_path / "whole"), "40", "0", str(tmp_path / "whole.pt")]
+    subprocess.run(whole, check=True, timeout=120, env=env)
     work = tmp_path / "killed"
-    proc = subprocess.Popen([*script, str(work), "40", "0.05", str(tmp_path / "never.pt")])
+    proc = subprocess.Popen([*script, str(work), "40", "0.05", str(tmp_path / "never.pt")], env=env)
     deadline = time.monotonic() + 120
     while not (work / RESUME_FILE).exists():
         assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
@@ -93,8 +161,112 @@ def test_task_state_survives_sigkill(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "never.pt").exists()
-    subprocess.run([*script, str(work), "40", "0", str(tmp_path / "resumed.pt")], check=True, timeout=120)
+    subprocess.run([*script, str(work), "40", "0", str(tmp_path / "resumed.pt")], check=True, timeout=120, env=env)
     whole = torch.load(tmp_path / "whole.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert resumed["resumed_from"] >= 5
     assert_same_state(whole, resumed)
+
+
+def test_resume_replays_the_global_generators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task drawing from torch's, Python's and numpy's global generators resumes bit-identically."""
+    whole = train(tmp_path / "whole", task_type=NoisyTask)
+    with pytest.raises(Interrupted):
+        train(tmp_path / "cut", task_type=NoisyTask, stop_at=17)
+    shutil.copytree(tmp_path / "cut", tmp_path / "unrestored")
+    resumed = train(tmp_path / "cut", task_type=NoisyTask)
+    assert resumed["resumed_from"] == 10
+    assert_same_state(whole, resumed)
+    # Without the saved generator states the resumed steps draw the noise of steps 0.. again: another run.
+    monkeypatch.setattr(loop, "restore_rng", lambda state: None)
+    unrestored = train(tmp_path / "unrestored", task_type=NoisyTask)
+    assert unrestored["resumed_from"] == 10
+    assert not torch.equal(whole["model"]["fc.weight"], unrestored["model"]["fc.weight"])
+
+
+def test_step_time_is_split_into_data_and_compute(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=6, batch_size=8, lr=0.01, checkpoint_every=100, tensorboard=False)
+    result = fit(TinyNet(), QueueTask(), DriftingSource(delay=0.02), cfg, tmp_path, progress=False)
+    assert result.data_seconds >= 0.02 and result.compute_seconds > 0
+    assert (result.data_seconds + result.compute_seconds) * cfg.steps <= result.seconds
+
+
+class FakeWriter:
+    """Stands in for torch's SummaryWriter (whose tensorboard package is optional): records what the loop writes."""
+
+    made: list["FakeWriter"] = []
+
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+        self.log_dir, self.purge_step, self.scalars, self.closed = Path(log_dir), purge_step, [], False
+        FakeWriter.made.append(self)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_tensorboard(monkeypatch: pytest.MonkeyPatch) -> type[FakeWriter]:
+    module = ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    FakeWriter.made = []
+    return FakeWriter
+
+
+def test_tensorboard_gets_terms_lr_and_speed_and_a_resume_purges(tmp_path: Path, fake_tensorboard: type) -> None:
+    cfg = TrainConfig(steps=12, batch_size=8, lr=0.01, grad_clip_norm=5.0, checkpoint_every=6)
+    with pytest.raises(Interrupted):
+        fit(TinyNet(), QueueTask(), DriftingSource(stop_at=8), cfg, tmp_path, "distill", False, log_every=5)
+    fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, label="distill", progress=False, log_every=5)
+    first, second = fake_tensorboard.made
+    assert first.log_dir == tmp_path / "tensorboard" / "distill" and first.purge_step is None and first.closed
+    assert second.log_dir == first.log_dir and second.purge_step == 6 and second.closed
+    tags = {"terms/loss", "terms/mse", "terms/grad_norm", "lr", "speed/images_per_second"}
+    tags |= {"speed/data_seconds", "speed/compute_seconds"}
+    for writer, steps in ((first, [0, 5]), (second, [10, 11])):
+        assert {t for t, _, _ in writer.scalars} == tags
+        assert sorted({s for _, _, s in writer.scalars}) == steps
+    speed = [v for t, v, _ in first.scalars if t == "speed/images_per_second"]
+    assert all(v > 0 for v in speed)
+
+
+def test_tensorboard_logs_stay_out_of_downstream_cache_keys() -> None:
+    assert loop.TENSORBOARD_DIR in LOG_DIRS  # a rerun's new event files must not re-run the stages after it
+
+
+def test_tensorboard_missing_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it raises ImportError
+    monkeypatch.setattr(loop, "_TENSORBOARD_NOTED", [])
+    cfg = TrainConfig(steps=2, batch_size=8, lr=0.01, checkpoint_every=100)
+    for work in ("a", "b"):
+        fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path / work, progress=False)
+    assert capsys.readouterr().err.count("tensorboard package is not installed") == 1
+    assert not (tmp_path / "a" / "tensorboard").exists()
+
+
+def test_tensorboard_off_writes_nothing(tmp_path: Path, fake_tensorboard: type) -> None:
+    cfg = TrainConfig(steps=2, batch_size=8, lr=0.01, checkpoint_every=100, tensorboard=False)
+    fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
+    assert fake_tensorboard.made == []
+
+
+def test_tensorboard_event_file_holds_the_scalars(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.01, checkpoint_every=100)
+    fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, label="teacher", progress=False, log_every=2)
+    logs = tmp_path / "tensorboard" / "teacher"
+    assert list(logs.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert {"terms/loss", "terms/mse", "lr", "speed/images_per_second"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("terms/loss")] == [0, 2, 3]

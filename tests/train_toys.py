@@ -1,12 +1,14 @@
-"""A tiny model, a task and a source that both carry state, for the training-loop tests (also run in subprocesses)."""
+"""A tiny model, tasks and a source that carry state, for the training-loop tests (also run in subprocesses)."""
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,14 +59,31 @@ class QueueTask(ModuleTask):
         return TaskOutput(loss, {"mse": loss.item()}, per_sample={"agreement": out.detach().mean(1)})
 
 
+class NoisyTask(QueueTask):
+    """QueueTask on pixels jittered from the global generators (torch's, Python's, numpy's), as dropout or
+    ElasticFace's per-sample margins draw: only a resume that restores them replays the same noise."""
+
+    def __call__(self, model: nn.Module, batch: dict) -> TaskOutput:
+        pixels = batch["pixels"].float()
+        noise = 20 * torch.rand(pixels.shape) + random.uniform(-5, 5) + float(np.random.uniform(-5, 5))
+        return super().__call__(model, {**batch, "pixels": (pixels + noise).clamp(0, 255)})
+
+
+class Interrupted(Exception):
+    """Raised by a source told to stop at a step: the run dies there, as with a crash."""
+
+
 class DriftingSource(StatelessSource):
     """Batches shift with the feedback received so far (a re-sampling source's kind of state)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, stop_at: int | None = None) -> None:
         self.offset = torch.zeros(())
         self.delay = delay
+        self.stop_at = stop_at
 
     def batch(self, step: int) -> dict:
+        if step == self.stop_at:
+            raise Interrupted(step)
         time.sleep(self.delay)
         g = torch.Generator().manual_seed(step)
         pixels = torch.randint(0, 200, (8, 3, 8, 8), generator=g) + self.offset.round().clamp(0, 55).long()
@@ -80,11 +99,26 @@ class DriftingSource(StatelessSource):
         self.offset = state["offset"]
 
 
-def train(work: Path, steps: int = 30, checkpoint_every: int = 10, delay: float = 0.0) -> dict[str, Any]:
-    """Train from scratch (or resume from ``work``); return every piece of final state."""
+def train(
+    work: Path,
+    steps: int = 30,
+    checkpoint_every: int = 10,
+    delay: float = 0.0,
+    task_type: type[QueueTask] = QueueTask,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Train from scratch (or resume from ``work``); return every piece of final state.
+
+    Every global generator is seeded first, as a fresh process would be, so a resumed run starts from the same
+    generator state as a run from scratch: only the checkpoint's saved states can put it where the run stopped.
+    """
     torch.manual_seed(0)
-    model, task, source = TinyNet(), QueueTask(), DriftingSource(delay)
-    cfg = TrainConfig(steps=steps, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=checkpoint_every)
+    random.seed(0)
+    np.random.seed(0)
+    model, task, source = TinyNet(), task_type(), DriftingSource(delay, stop_at)
+    cfg = TrainConfig(
+        steps=steps, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=checkpoint_every, tensorboard=False
+    )
     result = fit(model, task, source, cfg, work, progress=False, log_every=1)
     return {
         "model": model.state_dict(),

@@ -5,7 +5,8 @@ registered object is that section's config dataclass; ``open(ctx)`` turns it int
 (:class:`~factory.train.task.Source`: ``batch(step)``, a ``feedback`` hook, resumable state). Every batch is a pure
 function of ``(seed, split, step)`` and the source's state, so training resumes exactly.
 
-Kinds: ``procedural`` (the built-in world, labelled identities or fresh ones every step), ``files`` (a RecordIO pack,
+Kinds: ``procedural`` (the built-in world, labelled identities or fresh ones every step, optionally with more of the
+groups the student matches the teacher worst on: :class:`GroupBalancer`), ``files`` (a RecordIO pack,
 a labelled folder or list for teachers; a flat folder, list or pack for distillation), ``stylegan`` (a user's
 StyleGAN2-ADA generator, distillation only) and ``mix`` (several sources, each filling its share of every batch).
 
@@ -20,13 +21,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
 from factory.data.formats.folders import LabelledImages, read_image_folder, read_image_list
 from factory.data.formats.recordio import RecordIOReader
 from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat_folder
+from factory.data.resampling import DynamicResampling
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
@@ -95,16 +97,39 @@ class ProceduralSourceConfig:
     """The built-in procedural world: a fixed identity set when labelled, fresh identities every step otherwise."""
 
     kind: str = "procedural"
+    # dynamic: SynthDistill's re-sampling (factory.data.resampling), every second step re-renders the previous
+    # step's identities moved by resample_scale·s·ε, s the student-teacher agreement. static: fresh every step.
+    sampling: Literal["static", "dynamic"] = "static"
+    resample_scale: float = field(default=1.0, metadata=between(gt=0))  # the paper's c
+    # equal: every group gets the same share of each fresh batch. adaptive: groups the student agrees with the
+    # teacher least on get more of it (GroupBalancer), adaptive_strength saying how strongly.
+    group_balance: Literal["equal", "adaptive"] = "equal"
+    adaptive_strength: float = field(default=1.0, metadata=between(gt=0))
 
     def open(self, ctx: SourceContext) -> Any:
         """A live source over the recipe's world."""
         if ctx.labelled:
+            if self.sampling == "dynamic":
+                raise ValueError("sampling: dynamic re-samples latents for distillation; a labelled source is static")
+            if self.group_balance == "adaptive":
+                raise ValueError(
+                    "group_balance: adaptive follows the student-teacher agreement of label-free distillation; a "
+                    "labelled source draws its fixed identities uniformly"
+                )
             return LabelledWorldBatches(ctx)
-        return UnlabelledWorldBatches(ctx)
+        balancer = None
+        if self.group_balance == "adaptive":
+            balancer = GroupBalancer(len(ctx.world.group_names), self.adaptive_strength)
+        return _sampled(WorldFaces(ctx, balancer), self.sampling, self.resample_scale, ctx)
 
     def describe(self, ctx: SourceContext) -> str:
         """Where the data comes from, for metrics and reports."""
-        return f"procedural:{ctx.split}"
+        balance = f" (adaptive group balance, strength {self.adaptive_strength:g})"
+        return (
+            f"procedural:{ctx.split}"
+            + _sampling_note(self.sampling, self.resample_scale)
+            + (balance if self.group_balance == "adaptive" else "")
+        )
 
 
 @SOURCES.register("files")
@@ -144,6 +169,8 @@ class StyleGANSourceConfig:
     # 1 samples the whole latent distribution, smaller pulls towards the average face (0 renders that one face for
     # every latent: nothing to distill on); above 1 extrapolates away from it, into artefacts.
     truncation_psi: float = field(default=1.0, metadata=between(gt=0, le=1))
+    sampling: Literal["static", "dynamic"] = "static"  # as the procedural source's (factory.data.resampling)
+    resample_scale: float = field(default=1.0, metadata=between(gt=0))
 
     def check(self, fail: Fail) -> None:
         """Both files are needed, and loading must be explicitly trusted."""
@@ -160,11 +187,12 @@ class StyleGANSourceConfig:
         if ctx.labelled:
             raise ValueError("a stylegan source has no identity labels: use it for distillation (distill.source)")
         generator = load_stylegan2(self.pickle, self.code_dir, trust=self.trust_pickle)
-        return GeneratorBatches(StyleGANSource(generator, truncation_psi=self.truncation_psi), ctx)
+        faces = GeneratorFaces(StyleGANSource(generator, truncation_psi=self.truncation_psi), ctx)
+        return _sampled(faces, self.sampling, self.resample_scale, ctx)
 
     def describe(self, ctx: SourceContext) -> str:
         """The generator pickle."""
-        return f"stylegan:{self.pickle}"
+        return f"stylegan:{self.pickle}" + _sampling_note(self.sampling, self.resample_scale)
 
 
 @SOURCES.register("mix")
@@ -210,31 +238,171 @@ class LabelledWorldBatches(StatelessSource):
         return {"pixels": pixels, "labels": labels, "groups": groups}
 
 
-class UnlabelledWorldBatches(StatelessSource):
-    """Fresh procedural identities every step, balanced over groups (label-free distillation)."""
-
-    def __init__(self, ctx: SourceContext) -> None:
-        self.ctx = ctx
-
-    def batch(self, step: int) -> dict[str, Any]:
-        """Images and groups of one step."""
-        batch = unlabelled_batch(self.ctx.world, self.ctx.batch_size, step, self.ctx.seed, split=self.ctx.split)
-        return {"pixels": batch["images"], "groups": batch["group"]}
+AGREEMENT_DECAY = 0.9  # of the running per-group agreement: about the last ten batches count
 
 
-class GeneratorBatches(StatelessSource):
-    """Faces from a generator with the world's interface (``sample_z``, ``mapping``, ``synthesis``)."""
+def balance_shares(agreement: torch.Tensor, strength: float) -> torch.Tensor:
+    """Each group's share of a batch from its student-teacher agreement: the adaptive group-balance rule.
+
+    ``share_g = 1/(2G) + ½·softmax(strength·(1 − agreement))_g`` for ``G`` groups: half of the batch is dealt
+    equally, the other half in proportion to ``exp(strength·(1 − agreement_g))``, so the groups the student
+    matches the teacher worst on get more. Equal agreements give equal shares ``1/G``, and no group ever gets less
+    than ``1/(2G)``: a group the student already does well on is still seen, never starved.
+    """
+    agreement = torch.as_tensor(agreement, dtype=torch.float64)
+    groups = len(agreement)
+    return 0.5 / groups + 0.5 * torch.softmax(strength * (1.0 - agreement), dim=0)
+
+
+class GroupBalancer:
+    """Fairness-adaptive group balance: a running per-group agreement, and the shares of the next fresh batch.
+
+    Every batch's per-sample ``agreement`` (fed back by the training loop) updates each group's running mean
+    (an EMA with decay :data:`AGREEMENT_DECAY`; a group's first batch sets it). The shares are
+    :func:`balance_shares` of it, a group not seen yet counting as the mean of the seen ones (neither favoured
+    nor starved). The running means are the source's state, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, groups: int, strength: float) -> None:
+        if strength <= 0:
+            raise ValueError(f"adaptive_strength must be > 0, got {strength}")
+        self.strength = float(strength)
+        self.agreement = torch.zeros(groups, dtype=torch.float64)
+        self.seen = torch.zeros(groups, dtype=torch.bool)
+
+    def shares(self) -> torch.Tensor:
+        """Each group's share of the next fresh batch (sums to 1)."""
+        neutral = self.agreement[self.seen].mean() if bool(self.seen.any()) else torch.tensor(0.0, dtype=torch.float64)
+        return balance_shares(torch.where(self.seen, self.agreement, neutral), self.strength)
+
+    def feedback(self, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """Fold one batch's per-sample agreement into each group's running mean."""
+        if "agreement" not in per_sample:
+            raise ValueError(
+                "group_balance: adaptive needs the per-sample student-teacher agreement, and this distillation "
+                "method reports none: use group_balance: equal"
+            )
+        groups = batch["groups"].detach().cpu().long()
+        agreement = per_sample["agreement"].detach().cpu().double()
+        n = len(self.agreement)
+        count = torch.bincount(groups, minlength=n)
+        mean = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, agreement) / count.clamp_min(1)
+        updated = torch.where(self.seen, AGREEMENT_DECAY * self.agreement + (1 - AGREEMENT_DECAY) * mean, mean)
+        present = count > 0
+        self.agreement = torch.where(present, updated, self.agreement)
+        self.seen = self.seen | present
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running agreement per group and which groups have been seen."""
+        return {"agreement": self.agreement.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; another number of groups belongs to another world and is refused."""
+        if set(state) != {"agreement", "seen"}:
+            raise ValueError(f"group balance state holds {sorted(state)}, expected ['agreement', 'seen']")
+        if state["agreement"].shape != self.agreement.shape or state["seen"].shape != self.seen.shape:
+            raise ValueError(
+                f"group balance state is for {len(state['agreement'])} groups, this world has {len(self.agreement)}"
+            )
+        self.agreement = state["agreement"].to(torch.float64).clone()
+        self.seen = state["seen"].to(torch.bool).clone()
+
+
+class WorldFaces:
+    """Fresh procedural identities every step, balanced over groups, with their latents (label-free distillation).
+
+    With a ``balancer`` each fresh batch's group counts follow its shares; without one every group gets an equal
+    share.
+    """
+
+    def __init__(self, ctx: SourceContext, balancer: GroupBalancer | None = None) -> None:
+        self.ctx, self.balancer = ctx, balancer
+
+    def fresh(self, step: int) -> dict[str, Any]:
+        """Images, latents and groups of one step."""
+        shares = None if self.balancer is None else self.balancer.shares()
+        batch = unlabelled_batch(
+            self.ctx.world, self.ctx.batch_size, step, self.ctx.seed, split=self.ctx.split, shares=shares
+        )
+        return {"pixels": batch["images"], "w": batch["w"], "groups": batch["group"]}
+
+    def render(self, w: torch.Tensor, groups: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Faces of given latents, nuisances from ``generator``."""
+        del groups  # w carries everything the renderer needs
+        return self.ctx.world.synthesis(w, generator)
+
+    def spread(self, groups: torch.Tensor | None) -> torch.Tensor:
+        """Each sample's group spread in w: the scale of a re-sampling move that keeps it in its group."""
+        return self.ctx.world.w_spread(groups)
+
+
+class GeneratorFaces:
+    """Faces from a generator with the world's interface (``sample_z``, ``mapping``, ``synthesis``, ``w_spread``)."""
 
     def __init__(self, generator: Any, ctx: SourceContext) -> None:
         if generator.resolution != ctx.size:
             raise ValueError(f"the generator gives {generator.resolution}px faces, the model takes {ctx.size}px")
         self.generator, self.ctx = generator, ctx
 
-    def batch(self, step: int) -> dict[str, Any]:
-        """Images rendered from fresh latents."""
+    def fresh(self, step: int) -> dict[str, Any]:
+        """Images rendered from fresh latents, with the latents."""
         gen = make_generator("generator", self.ctx.seed, self.ctx.split, step)
         z = self.generator.sample_z(self.ctx.batch_size, gen)
-        return {"pixels": self.generator.synthesis(self.generator.mapping(z), gen)}
+        w = self.generator.mapping(z)
+        return {"pixels": self.generator.synthesis(w, gen), "w": w}
+
+    def render(self, w: torch.Tensor, groups: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Faces of given latents."""
+        del groups
+        return self.generator.synthesis(w, generator)
+
+    def spread(self, groups: torch.Tensor | None) -> torch.Tensor | float:
+        """The generator's scale of a move in W."""
+        return self.generator.w_spread(groups)
+
+
+class StaticBatches(StatelessSource):
+    """Fresh latents every step: the faces' static batches.
+
+    Nothing is fed back unless the faces are group-balanced adaptively: then the feedback and the state are the
+    balancer's (without one the source is stateless, its state ``{}``).
+    """
+
+    def __init__(self, faces: Any, balancer: GroupBalancer | None = None) -> None:
+        self.faces, self.balancer = faces, balancer
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """The static batch of ``step``."""
+        return self.faces.fresh(step)
+
+    def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
+        """The balancer's running agreement learns from this batch."""
+        if self.balancer is not None:
+            self.balancer.feedback(batch, per_sample)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The balancer's state, or none."""
+        return {} if self.balancer is None else {"balance": self.balancer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if self.balancer is None:
+            super().load_state_dict(state)
+        elif set(state) != {"balance"}:
+            raise ValueError(f"group-balanced source state holds {sorted(state)}, expected ['balance']")
+        else:
+            self.balancer.load_state_dict(state["balance"])
+
+
+def _sampled(faces: Any, sampling: str, scale: float, ctx: SourceContext) -> Any:
+    balancer = getattr(faces, "balancer", None)  # the same object draws the counts and learns from the feedback
+    if sampling == "dynamic":
+        return DynamicResampling(faces, scale, ctx.seed, ctx.split, balancer=balancer)
+    return StaticBatches(faces, balancer)
+
+
+def _sampling_note(sampling: str, scale: float) -> str:
+    return f" (dynamic re-sampling, c = {scale:g})" if sampling == "dynamic" else ""
 
 
 class FileBatches(StatelessSource):
@@ -267,10 +435,12 @@ class MixedBatches:
             if n > 0
         ]
         self.sizes = [n for n in self.sizes if n > 0]
+        self._batches: list[dict[str, Any]] = []
 
     def batch(self, step: int) -> dict[str, Any]:
         """The parts' batches, concatenated in order (groups only when every part has them)."""
         batches = [part.batch(step) for part in self.parts]
+        self._batches = batches  # each part's own batch (its latents too), for its feedback on this step
         out = {"pixels": torch.cat([b["pixels"] for b in batches])}
         if all("groups" in b for b in batches):
             out["groups"] = torch.cat([b["groups"] for b in batches])
@@ -278,10 +448,10 @@ class MixedBatches:
 
     def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, torch.Tensor]) -> None:
         """Each part gets the slice of the per-sample values that belongs to its images."""
+        del batch  # the concatenation: each part gets back the batch it made
         start = 0
-        for part, n in zip(self.parts, self.sizes, strict=True):
-            piece = {k: v[start : start + n] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            part.feedback(step, piece, {k: v[start : start + n] for k, v in per_sample.items()})
+        for part, n, own in zip(self.parts, self.sizes, self._batches, strict=True):
+            part.feedback(step, own, {k: v[start : start + n] for k, v in per_sample.items()})
             start += n
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 By default every step renders fresh procedural identities (no label, no fixed dataset) and the teacher's embedding
 of each image is the target; ``distill.source`` swaps in files, a StyleGAN generator or a mix. Batches are a
 function of the step, so an interrupted stage resumes exactly where it stopped.
+
+A method that trains on identity labels (``labelled = True``: the margin baseline) gets its source opened labelled,
+with identities of the distill split (never the benchmark's) and their count in its context.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from typing import Any
 
 import torch
 
-from factory.data.sources import SourceContext
+from factory.data.sources import Source, SourceContext
 from factory.data.world.renderer import make_world
-from factory.distill.tasks import TASKS  # the registry, with the KD tasks registered
+from factory.distill.methods import MethodContext
 from factory.models.checkpoint import save_model
 from factory.models.external import load_teacher
 from factory.models.zoo import count_params, create_model
@@ -32,22 +35,33 @@ def distill_student(ctx: StageContext) -> StageResult:
     world = make_world(ctx.config["world"])
     teacher = load_teacher(ctx.artifact("teacher"))  # before the student: both draw their initial weights
     student = create_model(cfg.student)
+    labelled = getattr(cfg.method, "labelled", False)
     where = SourceContext(
         world=world,
         batch_size=cfg.train.batch_size,
         seed=seed,
         split=DISTILL_SPLIT,
-        labelled=False,
+        labelled=labelled,
         size=student.contract.input_size[0],
+        identities_per_group=getattr(cfg.method, "identities_per_group", 100),
     )
-    task = TASKS.get("feature_kd")(teacher, loss=cfg.loss, normalize=cfg.normalize)
-    result = fit(student, task, cfg.source.open(where), cfg.train, ctx.work_dir, "distill", ctx.progress)
+    source = open_source(cfg.method, cfg.source, where)
+    method_ctx = MethodContext(
+        teacher=teacher,
+        student=student,
+        seed=seed,
+        work_dir=ctx.work_dir,
+        num_classes=getattr(source, "num_classes", None),
+    )
+    task = cfg.method.build(method_ctx)
+    result = fit(student, task, source, cfg.train, ctx.work_dir, "distill", ctx.progress)
     save_model(ctx.work_dir / STUDENT_FILE, student, extra={"teacher": teacher.model_name, "steps": result.steps})
     clear_resume(ctx.work_dir)
     metrics = {
         "student": cfg.student,
         "teacher": teacher.model_name,
         "data": cfg.source.describe(where),
+        "method": cfg.method.describe(),
         "params": count_params(student),
         "steps": result.steps,
         "resumed_from": result.resumed_from,
@@ -58,10 +72,37 @@ def distill_student(ctx: StageContext) -> StageResult:
     return StageResult(metrics, [Artifact("torch_fp32", (STUDENT_FILE,), "torch", derived_from="teacher")])
 
 
+def open_source(method: Any, source: Any, where: SourceContext) -> Source:
+    """Open ``distill.source`` as ``distill.method`` needs it: labelled for a method that trains on identities.
+
+    Raises:
+        ValueError: naming both sections, when the method needs labels the source cannot give.
+    """
+    if not getattr(method, "labelled", False):
+        return source.open(where)
+    refusal = (
+        f"distill.method {method.kind} trains on identity labels, and distill.source {source.kind} has none "
+        "(use distill.source: {kind: procedural}, or labelled files)"
+    )
+    try:
+        opened = source.open(where)
+    except ValueError as e:
+        raise ValueError(f"{refusal}: {e}") from e
+    if getattr(opened, "num_classes", None) is None:
+        raise ValueError(refusal)
+    return opened
+
+
 def _summary(m: dict[str, Any]) -> str:
+    # A label-trained student (the margin baseline) reports accuracy, not agreement with the teacher.
+    final = m["final"]
+    fit_note = (
+        f"train acc {final['acc']:.3f}" if "acc" in final else f"teacher cosine {final.get('cos', float('nan')):.3f}"
+    )
+    origin = "from scratch on identity labels" if "acc" in final else f"from {m['teacher']}"
     return (
-        f"{m['student']} ({m['params'] / 1e6:.2f} M params) from {m['teacher']}, {m['steps']} steps, "
-        f"teacher cosine {m['final'].get('cos', float('nan')):.3f}, {m['images_per_second']:.0f} img/s"
+        f"{m['student']} ({m['params'] / 1e6:.2f} M params) {origin}, {m['steps']} steps, "
+        f"{fit_note}, {m['images_per_second']:.0f} img/s"
     )
 
 

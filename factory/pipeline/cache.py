@@ -2,7 +2,7 @@
 
 A stage's key hashes exactly: the settings it declares (``Stage.config``), a fingerprint of every outside file
 those settings name (recipe fields marked ``path``), the *outputs* of its upstream stages (their files' sha256 and
-artifact records, never their provenance copies or timings) and the factory's code version. So changing a setting
+artifact records, never their provenance copies, logs or timings) and the factory's code version. So changing a setting
 re-runs the stage that reads it, and the stages after it only if its outputs actually changed.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.files import json_default, sha256_file
-from factory.pipeline.stage import PROVENANCE_FILES, Stage, StageOutput
+from factory.pipeline.stage import LOG_DIRS, PROVENANCE_FILES, Stage, StageOutput
 from factory.recipe import Recipe
 
 
@@ -68,9 +68,11 @@ def path_fields(value: Any, prefix: str = "") -> dict[str, str]:
 
 
 def output_digest(out: StageOutput) -> str:
-    """What a downstream stage depends on: the stage's files (provenance copies excluded) and artifact records."""
+    """What a downstream stage depends on: the stage's files (provenance copies and logs excluded) and artifacts."""
     material = {
-        "files": {k: v for k, v in out.files.items() if k not in PROVENANCE_FILES},
+        "files": {
+            k: v for k, v in out.files.items() if k not in PROVENANCE_FILES and k.split("/", 1)[0] not in LOG_DIRS
+        },
         "artifacts": [a.to_dict() for a in out.artifacts],
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

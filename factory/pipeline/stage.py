@@ -23,6 +23,9 @@ STAGE_FILE = "stage.json"
 # Copies kept for provenance, not outputs: they never enter a downstream stage's cache key, so a setting that leaves a
 # stage's real outputs byte-identical does not re-run the stages after it.
 PROVENANCE_FILES = frozenset({"recipe.resolved.yaml"})
+# Folders of logs a stage may write beside its outputs (training's TensorBoard event files, which hold wall-clock times
+# and the host's name): like the provenance copies, they never enter a downstream stage's cache key.
+LOG_DIRS = frozenset({"tensorboard"})
 
 
 @dataclass(frozen=True)

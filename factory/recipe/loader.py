@@ -62,6 +62,7 @@ UNION_FAMILIES: dict[str, tuple[str, str]] = {
     "model": ("factory.models.zoo", "MODELS"),
     "head": ("factory.models.heads", "HEADS"),
     "kd_loss": ("factory.distill.losses", "KD_LOSSES"),
+    "distill_method": ("factory.distill.methods", "DISTILL_METHODS"),
     "source": ("factory.data.sources", "SOURCES"),
     "exporter": ("factory.export.exporters", "EXPORTERS"),
     "compressor": ("factory.compress.compressors", "COMPRESSORS"),
@@ -181,8 +182,12 @@ class _Validator:
             f == k or k.startswith(f + ".") or f.startswith(k + ".") or not f for f in self.failed for k in keys
         )
 
-    def build(self, cls: type, data: Any, prefix: str) -> Any:
-        """An instance of dataclass ``cls`` from mapping ``data``, or None when it cannot be built."""
+    def build(self, cls: type, data: Any, prefix: str, base: Any = None) -> Any:
+        """An instance of dataclass ``cls`` from mapping ``data``, or None when it cannot be built.
+
+        ``base``: the instance the section's own default makes (a distill section's Adam ``train``), which the keys
+        written in the recipe change; without it, the class defaults (``TrainConfig``'s SGD).
+        """
         if not isinstance(data, dict):
             self.fail(prefix.rstrip("."), f"got {type(data).__name__} (expected a mapping)")
             return None
@@ -199,7 +204,7 @@ class _Validator:
                 continue
             if value is None and "default" in fields[key].metadata:
                 value = copy.deepcopy(fields[key].metadata["default"])  # null: the section's default
-            kwargs[key] = self.value(hints[key], value, dotted, fields[key].metadata)
+            kwargs[key] = self.value(hints[key], value, dotted, fields[key].metadata, _section_default(fields[key]))
         for name, f in fields.items():
             # A union section left out of the recipe: its default is plain data, validated like a written one (so
             # the schema names its default kind without importing the module that implements it).
@@ -216,7 +221,7 @@ class _Validator:
             self.fail(prefix.rstrip("."), f"missing {f.name!r} (expected {wanted})")
         if missing:
             return None
-        instance = cls(**kwargs)
+        instance = cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
         check = getattr(instance, "check", None)
         # Cross-field checks assume every field has its declared type, so they wait for a well-typed instance (a
         # value out of its range is still reported with them).
@@ -229,12 +234,12 @@ class _Validator:
             check(fail)
         return instance
 
-    def value(self, tp: Any, value: Any, dotted: str, meta: Any) -> Any:
+    def value(self, tp: Any, value: Any, dotted: str, meta: Any, base: Any = None) -> Any:
         origin = typing.get_origin(tp)
         if meta.get("union") and tp is Any:
             return self.member(meta["union"], value, dotted)
         if dataclasses.is_dataclass(tp):
-            return self.build(tp, value, dotted + ".")
+            return self.build(tp, value, dotted + ".", base)
         if origin in (Union, types.UnionType):
             args = typing.get_args(tp)
             if value is None and type(None) in args:
@@ -355,6 +360,14 @@ def _registry(family: str) -> Registry[Any]:
     return getattr(importlib.import_module(module), attribute)
 
 
+def _section_default(f: dataclasses.Field) -> Any:
+    """The instance a nested section's ``default_factory`` makes, when it makes a dataclass (else None)."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    made = f.default_factory()
+    return made if dataclasses.is_dataclass(made) else None
+
+
 def _check_member_class(family: str, kind: str, cls: Any) -> None:
     # A schema bug, not a recipe problem: without `kind` defaulting to its name, asdict() would lose the tag.
     kind_field = {f.name: f for f in dataclasses.fields(cls)}.get("kind") if dataclasses.is_dataclass(cls) else None
@@ -393,6 +406,15 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
             v.fail(
                 "teacher.margin",
                 f"got {margin!r} (expected a number in [{low:g}, {high:.4g}) for head {recipe.teacher.head!r})",
+            )
+    if v.clean("teacher.head", "teacher.margin_std") and recipe.teacher.margin_std is not None:
+        heads = _registry("head")
+        if not getattr(heads.get(recipe.teacher.head), "elastic", False):
+            elastic = ", ".join(n for n in heads.names() if getattr(heads.get(n), "elastic", False))
+            v.fail(
+                "teacher.margin_std",
+                f"got {recipe.teacher.margin_std!r} for head {recipe.teacher.head!r}, whose margin is fixed "
+                f"(expected null, or an elastic head: {elastic})",
             )
     if v.clean("run_dir") and recipe.run_dir is not None and not recipe.run_dir.strip():
         v.fail("run_dir", "empty (expected a folder for the build, or null for runs/<name>)")

@@ -170,12 +170,60 @@ class TrainConfig:
     lr: float = field(default=0.1, metadata=between(gt=0))
     weight_decay: float = field(default=5e-4, metadata=between(ge=0))
     momentum: float = field(default=0.9, metadata=between(ge=0, lt=1))  # 1 never forgets a gradient
+    nesterov: bool = False  # sgd only, with momentum > 0 (Nesterov's look-ahead follows the momentum)
     warmup_steps: int = field(default=0, metadata=between(ge=0))
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
-    # for schedule "step": halve the lr every this many steps (0: unset; "step" then needs >= 1)
+    # After the warm-up: "cosine" to 0 at `steps`, "constant", "step" (x gamma every step_every steps) or
+    # "multistep" (x gamma at each of `milestones`: the papers' x0.1 at fixed epochs, e.g. QUD's 8/14/20/25).
+    schedule: Literal["cosine", "constant", "step", "multistep"] = "cosine"
+    # for schedule "step": decay the lr every this many steps (0: unset; "step" then needs >= 1)
     step_every: int = field(default=0, metadata=between(ge=0))
+    # for schedule "multistep": the steps (0-based, strictly increasing, each < steps) from which the lr is multiplied
+    # by gamma once more
+    milestones: list[int] = field(default_factory=list, metadata=between(ge=1))
+    # the factor of each decay of "step" or "multistep"; null is the schedule's own: 0.5 for "step" (halving, as
+    # SynthDistill's code), 0.1 for "multistep" (as the margin-loss and QUD papers)
+    gamma: float | None = field(default=None, metadata=between(gt=0, le=1))
+    # Clip the gradient norm of the model's and the task's parameters to this before each step (MST-KD: 5); null:
+    # no clipping. The norm before clipping is logged as the term "grad_norm".
+    grad_clip_norm: float | None = field(default=None, metadata=between(gt=0))
     checkpoint_every: int = field(default=100, metadata=between(ge=1))  # the loop saves when step % this == 0
     channels_last: bool = True
+    # loss terms, lr and throughput as TensorBoard scalars under the stage's work_dir/tensorboard/<stage> (needs the
+    # tensorboard package; without it the build says so once and trains on)
+    tensorboard: bool = True
+
+    def check(self, fail: Callable[[str, str], None]) -> None:
+        """Settings that only mean something together: a schedule and its keys, Nesterov and its momentum.
+
+        A key the chosen schedule or optimiser would ignore is an error, not a silent no-op: the recipe would say
+        one thing and the run do another.
+        """
+        if self.schedule == "multistep":
+            ordered = all(a < b for a, b in zip(self.milestones, self.milestones[1:], strict=False))
+            if not self.milestones:
+                fail("milestones", "empty (expected the steps at which schedule 'multistep' multiplies the lr)")
+            elif not ordered:
+                fail("milestones", f"got {self.milestones} (expected strictly increasing steps)")
+            elif self.steps >= 1 and self.milestones[-1] >= self.steps:
+                fail(
+                    "milestones",
+                    f"got {self.milestones} (expected each < steps = {self.steps}: the run ends before a later one)",
+                )
+        elif self.milestones:
+            fail(
+                "milestones",
+                f"got {self.milestones} with schedule {self.schedule!r} (expected [], or schedule 'multistep')",
+            )
+        if self.gamma is not None and self.schedule not in ("step", "multistep"):
+            fail(
+                "gamma",
+                f"got {self.gamma!r} with schedule {self.schedule!r} (expected null, or schedule 'step' or "
+                "'multistep')",
+            )
+        if self.nesterov and self.optimizer != "sgd":
+            fail("nesterov", f"true with optimizer {self.optimizer!r} (expected false, or optimizer 'sgd')")
+        elif self.nesterov and self.momentum == 0:
+            fail("nesterov", "true with momentum 0 (expected false, or momentum > 0: Nesterov's step follows it)")
 
 
 @dataclass
@@ -193,6 +241,9 @@ class TeacherConfig:
     identities_per_group: int = field(default=100, metadata=between(ge=1))  # procedural source
     head: str = field(default="cosface", metadata={"registry": "head"})
     margin: float = 0.35  # its range depends on the head (checked with it)
+    # Elastic heads only (elastic_arcface, elastic_cosface and their _plus): σ of the per-sample margins
+    # mᵢ ~ N(margin, σ); null: the head's default, 0.05.
+    margin_std: float | None = field(default=None, metadata=between(ge=0))
     scale: float = field(default=32.0, metadata=between(gt=0))
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -205,8 +256,9 @@ class DistillConfig:
     # What to distill on: online procedural faces, {kind: files, path: ...} (a flat folder, a list or a RecordIO
     # pack), {kind: stylegan, ...} or {kind: mix, sources: [...], weights: [...]}. Kinds: factory.data.sources.
     source: Any = field(default=None, metadata={"union": "source", "default": {"kind": "procedural"}})
-    loss: str = field(default="mse", metadata={"registry": "kd_loss"})
-    normalize: bool = False  # SynthDistill uses raw embeddings; QuantFace/MST-KD normalise first
+    # How the student learns from the teacher: {kind: feature_kd, loss: mse, normalize: false} (SynthDistill's raw
+    # MSE; QuantFace and MST-KD normalise first). Kinds: factory.distill.methods.DISTILL_METHODS.
+    method: Any = field(default=None, metadata={"union": "distill_method", "default": {"kind": "feature_kd"}})
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine")
     )

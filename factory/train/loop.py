@@ -4,17 +4,21 @@
 the optimiser and hands the task's per-sample output back to the source (its feedback hook). Batches are a
 deterministic function of the step and of the source's saved state, so a run resumed from a checkpoint at step k
 sees exactly the batches an uninterrupted run would have seen; the checkpoint holds the model, the task's and the
-source's state, the optimiser and the schedule.
+source's state, the optimiser, the schedule and the global random generators (torch's, CUDA's, Python's and
+numpy's), which tasks draw from for dropout or a per-sample margin.
 """
 
 from __future__ import annotations
 
 import math
+import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,11 +30,12 @@ from factory.train.optim import build_optimizer, build_scheduler
 from factory.train.task import Task
 
 RESUME_FILE = "resume.pt"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
 class FitResult:
-    """Summary of a training run."""
+    """Summary of a training run (times and throughput over the steps this call ran, not the resumed ones)."""
 
     steps: int
     resumed_from: int
@@ -38,6 +43,12 @@ class FitResult:
     images_per_second: float
     final_terms: dict[str, float]
     history: list[dict[str, float]]
+    # Mean seconds per step in ``source.batch`` (rendering, decoding, re-sampling), and in the rest of the step
+    # (transfer to the device, the task with any teacher inside it, backward, optimiser step, feedback). On a GPU
+    # the host produces the next batch while queued kernels still run, so ``data_seconds`` is the host's time, of
+    # which some may be hidden behind the device's.
+    data_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 class NonFiniteLoss(ValueError):
@@ -64,15 +75,18 @@ def fit(
         model: the network being trained (moved to ``device``, and to channels_last when ``cfg.channels_last``).
         task: loss computation; its own parameters (e.g. a margin head) are trained too.
         source: ``source.batch(step)`` gives the batch of that step, with at least ``"pixels"`` (uint8 N×3×H×W).
-        cfg: steps, batch size, optimiser, schedule and checkpoint cadence.
-        work_dir: where the resumable checkpoint lives.
-        label: name on the progress bar.
+        cfg: steps, batch size, optimiser, schedule, gradient clipping, checkpoint cadence and TensorBoard logging.
+        work_dir: where the resumable checkpoint lives, and the TensorBoard log under ``tensorboard/<label>``.
+        label: name on the progress bar and of the TensorBoard run.
         progress: show a progress bar.
-        log_every: how often to record loss terms into the history.
+        log_every: how often to record loss terms into the history (and TensorBoard).
         device: where the model, the task and each batch's tensors go.
 
     Returns:
-        Steps run, where it resumed, throughput and the loss history.
+        Steps run, where it resumed, throughput, the step time split and the loss history.
+
+    Raises:
+        NonFiniteLoss: the loss, or the gradient norm when clipping, is NaN or infinite.
     """
     from tqdm import tqdm
 
@@ -97,40 +111,71 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = int(state["step"]), list(state["history"])
+        if "rng" in state:  # absent from a checkpoint written before the loop saved the generators
+            restore_rng(state["rng"])
     model.train()
     seen, t0, terms = 0, time.perf_counter(), {}
+    data_time = compute_time = 0.0
+    writer = _tensorboard_writer(cfg, work_dir / TENSORBOARD_DIR / label, start)
+    window = _Window(time.perf_counter())
     bar = tqdm(total=cfg.steps, initial=start, desc=label, disable=not progress, unit="step", dynamic_ncols=True)
-    for step in range(start, cfg.steps):
-        batch = _to_device(source.batch(step), device)
-        out = task(model, batch)
-        if not math.isfinite(out.loss.item()):
-            raise NonFiniteLoss(f"{label}: loss is {out.loss.item()} at step {step}; lower the lr in the recipe")
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        scheduler.step()
-        source.feedback(step, batch, out.per_sample)
-        seen += batch["pixels"].shape[0]
-        terms = {"loss": out.loss.item(), **out.terms}
-        if step % log_every == 0 or step == cfg.steps - 1:
-            history.append({"step": step, "lr": scheduler.get_last_lr()[0], **terms})
-        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
-        bar.update(1)
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            state = {
-                "model": model.state_dict(),
-                "task": task.state_dict(),
-                "source": source.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": done,
-                "history": history,
-            }
-            with atomic_path(resume) as tmp:
-                torch.save(state, tmp)
-    bar.close()
+    try:
+        for step in range(start, cfg.steps):
+            t_step = time.perf_counter()
+            batch = source.batch(step)
+            t_data = time.perf_counter()
+            batch = _to_device(batch, device)
+            out = task(model, batch)
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"{label}: loss is {loss} at step {step}; lower the lr in the recipe")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            terms = {"loss": loss, **out.terms}
+            if cfg.grad_clip_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm).item()
+                # Clipping a NaN or infinite norm would write NaN (or zeros) into every weight without a word.
+                if not math.isfinite(norm):
+                    raise NonFiniteLoss(f"{label}: gradient norm is {norm} at step {step}; lower the lr in the recipe")
+                terms["grad_norm"] = norm
+            lr = scheduler.get_last_lr()[0]  # the lr of this step (scheduler.step() moves on to the next one's)
+            optimizer.step()
+            scheduler.step()
+            source.feedback(step, batch, out.per_sample)
+            images = batch["pixels"].shape[0]
+            t_end = time.perf_counter()
+            data_time += t_data - t_step
+            compute_time += t_end - t_data
+            seen += images
+            window.add(images, t_data - t_step, t_end - t_data)
+            if step % log_every == 0 or step == cfg.steps - 1:
+                history.append({"step": step, "lr": lr, **terms})
+                if writer is not None:
+                    _write_scalars(writer, step, terms, lr, window.take(time.perf_counter()))
+            bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
+            bar.update(1)
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                state = {
+                    "model": model.state_dict(),
+                    "task": task.state_dict(),
+                    "source": source.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "step": done,
+                    "history": history,
+                }
+                with atomic_path(resume) as tmp:
+                    torch.save(state, tmp)
+                if writer is not None:
+                    writer.flush()  # what a resumed run keeps (it purges the events after its start step)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
     seconds = time.perf_counter() - t0
+    ran = cfg.steps - start
     model.eval()
     return FitResult(
         steps=cfg.steps,
@@ -139,6 +184,8 @@ def fit(
         images_per_second=seen / seconds if seconds > 0 else 0.0,
         final_terms=terms,
         history=history,
+        data_seconds=data_time / ran if ran > 0 else 0.0,
+        compute_seconds=compute_time / ran if ran > 0 else 0.0,
     )
 
 
@@ -149,3 +196,97 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def clear_resume(work_dir: Path) -> None:
     """Drop the resumable checkpoint once the final model is safely written (it is not a deliverable)."""
     (work_dir / RESUME_FILE).unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random generators' states, as tensors and plain values (a ``weights_only`` checkpoint loads them).
+
+    CUDA's is saved only once CUDA is initialised: asking for it would otherwise start a CUDA context in a run that
+    trains on the CPU (and a run on the GPU has initialised it by the time it checkpoints).
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the global random generators to :func:`rng_state`'s ``state``, so a resumed run draws what it would have.
+
+    Generator states are loaded back on the CPU whatever device the checkpoint was mapped to (torch sets a state only
+    from a CPU byte tensor). CUDA's is restored for the devices this machine has.
+    """
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
+
+
+class _Window:
+    """Images and step times since the last log line: the throughput TensorBoard shows is the recent one."""
+
+    def __init__(self, now: float) -> None:
+        self.restart(now)
+
+    def restart(self, now: float) -> None:
+        """Start an empty window at ``now``."""
+        self.since, self.images, self.steps, self.data, self.compute = now, 0, 0, 0.0, 0.0
+
+    def add(self, images: int, data: float, compute: float) -> None:
+        self.images, self.steps = self.images + images, self.steps + 1
+        self.data, self.compute = self.data + data, self.compute + compute
+
+    def take(self, now: float) -> dict[str, float]:
+        """Images per second and mean data / compute seconds per step since the last call; starts a new window."""
+        elapsed, steps = now - self.since, max(1, self.steps)
+        speed = {
+            "images_per_second": self.images / elapsed if elapsed > 0 else 0.0,
+            "data_seconds": self.data / steps,
+            "compute_seconds": self.compute / steps,
+        }
+        self.restart(now)
+        return speed
+
+
+_TENSORBOARD_NOTED: list[bool] = []  # the missing package is said once per process, not once per stage
+
+
+def _tensorboard_writer(cfg: TrainConfig, log_dir: Path, start: int) -> Any:
+    """A SummaryWriter for ``log_dir``, or None when the recipe turns logging off or TensorBoard is not installed.
+
+    A resumed run purges the events the interrupted one wrote after its last checkpoint (``purge_step``), so the
+    curves do not show those steps twice.
+    """
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch ships the writer, but it needs the separate tensorboard package
+        if not _TENSORBOARD_NOTED:
+            _TENSORBOARD_NOTED.append(True)
+            print(
+                "note: no TensorBoard logs: the tensorboard package is not installed "
+                "(pip install tensorboard, or set train.tensorboard: false)",
+                file=sys.stderr,
+            )
+        return None
+    return SummaryWriter(str(log_dir), purge_step=start if start else None)
+
+
+def _write_scalars(writer: Any, step: int, terms: dict[str, float], lr: float, speed: dict[str, float]) -> None:
+    """Every loss term under ``terms/``, the lr, and throughput and step times under ``speed/``."""
+    for name, value in terms.items():
+        writer.add_scalar(f"terms/{name}", value, step)
+    writer.add_scalar("lr", lr, step)
+    for name, value in speed.items():
+        writer.add_scalar(f"speed/{name}", value, step)

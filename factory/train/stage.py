@@ -46,7 +46,14 @@ def train_teacher(ctx: StageContext) -> StageResult:
         identities_per_group=cfg.identities_per_group,
     )
     source = cfg.source.open(where)
-    head = create_head(cfg.head, model.contract.embedding_dim, source.num_classes, scale=cfg.scale, margin=cfg.margin)
+    head = create_head(
+        cfg.head,
+        model.contract.embedding_dim,
+        source.num_classes,
+        scale=cfg.scale,
+        margin=cfg.margin,
+        margin_std=cfg.margin_std,  # None (the head's default) for every head; check refuses it on a plain one
+    )
     task = TASKS.get("margin_classification")(head)
     result = fit(model, task, source, cfg.train, ctx.work_dir, "teacher", ctx.progress)
     data = cfg.source.describe(where)

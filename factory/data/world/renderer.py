@@ -229,6 +229,13 @@ class ProceduralFaceWorld:
         unit = torch.cat([z @ self._projection.T, (z @ self._within_row).unsqueeze(1)], dim=1)
         return self._mean[group] + truncation_psi * self._std[group] * unit
 
+    def w_spread(self, group: Tensor) -> Tensor:
+        """Standard deviation of every ``w`` coordinate between identities of each group in ``group`` (``N×w_dim``).
+
+        The scale of a move in ``w`` that keeps a face within its group: ``mapping`` is ``mean + spread · unit``.
+        """
+        return self._std[torch.as_tensor(group, dtype=torch.long)]
+
     def attributes(self, w: Tensor) -> dict[str, Tensor]:
         """Decode ``w`` into named attributes in natural units (pixels, 0..255 colours, multipliers), clamped."""
         n_feat = len(FEATURES)

@@ -73,12 +73,19 @@ def labelled_batch(
 
 
 def unlabelled_batch(
-    world: ProceduralFaceWorld, batch_size: int, step: int, seed: int, split: str = "distill"
+    world: ProceduralFaceWorld,
+    batch_size: int,
+    step: int,
+    seed: int,
+    split: str = "distill",
+    shares: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """A batch of fresh identities (online, label-free distillation), balanced over groups.
 
-    A pure function of ``(seed, split, step)``. Groups are dealt round-robin then shuffled, so every group has
-    ``batch_size // groups`` or one more images.
+    A pure function of ``(seed, split, step)`` and ``shares``. Groups are dealt round-robin from a random first
+    group then shuffled, so every group has ``batch_size // groups`` or one more images. ``shares`` (one positive
+    weight per group, e.g. a fairness-adaptive balance) sets each group's count instead: see :func:`group_counts`.
+    Equal shares give the same batch as none, draw for draw.
 
     Returns:
         ``{"images": uint8 N×3×112×112, "z": N×z_dim, "w": N×w_dim, "group": N}``.
@@ -88,8 +95,45 @@ def unlabelled_batch(
     gen = make_generator("unlabelled", seed, split, step)
     groups = len(world.group_names)
     offset = int(torch.randint(0, groups, (1,), generator=gen))
-    group = (torch.arange(batch_size) + offset) % groups
+    if shares is None:
+        group = (torch.arange(batch_size) + offset) % groups
+    else:
+        group = deal(group_counts(shares, batch_size, first=offset), first=offset)
     group = group[torch.randperm(batch_size, generator=gen)]
     z = world.sample_z(batch_size, gen)
     w = world.mapping(z, group)
     return {"images": world.synthesis(w, gen), "z": z, "w": w, "group": group}
+
+
+def group_counts(shares: Tensor, total: int, first: int = 0) -> Tensor:
+    """``total`` images split by ``shares`` (normalised) with the largest-remainder rule: sums to ``total`` exactly.
+
+    Equal remainders go to groups in round-robin order from ``first``, so equal shares give exactly the counts of
+    dealing ``total`` round-robin from ``first`` (the default batch's), and no group is favoured by its index.
+    """
+    shares = torch.as_tensor(shares, dtype=torch.float64)
+    if shares.ndim != 1 or len(shares) == 0 or not bool((shares >= 0).all()) or float(shares.sum()) <= 0:
+        raise ValueError(f"shares must be one weight >= 0 per group, not all 0, got {shares.tolist()}")
+    exact = shares / shares.sum() * total
+    counts = exact.floor().long()
+    order = (torch.arange(len(shares)) + first) % len(shares)  # the tie order: round-robin from `first`
+    ranked = order[torch.sort(exact[order] - counts[order], descending=True, stable=True).indices]
+    counts[ranked[: total - int(counts.sum())]] += 1
+    return counts
+
+
+def deal(counts: Tensor, first: int = 0) -> Tensor:
+    """Group ids dealt round-robin from group ``first``, each group until its count is used up.
+
+    With the counts of a plain round-robin deal this is that deal, id for id (what keeps equal shares bit-identical
+    to the default batch).
+    """
+    left = [int(c) for c in counts]
+    total, out = sum(left), []
+    g = first % len(left)
+    while len(out) < total:
+        if left[g] > 0:
+            out.append(g)
+            left[g] -= 1
+        g = (g + 1) % len(left)
+    return torch.tensor(out, dtype=torch.long)

@@ -97,6 +97,11 @@ class StyleGANSource:
         with torch.no_grad():
             return self.generator.mapping(z, None, truncation_psi=psi)
 
+    def w_spread(self, group: Tensor | None = None) -> float:
+        """Scale of a move in ``W``: 1, SynthDistill adds N(0, I) in the generator's own ``W`` (the paper's c = 1)."""
+        del group
+        return 1.0
+
     def synthesis(self, w: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``ws`` → uint8 RGB ``N×3×112×112`` on the arcface template (``generator`` unused: noise is constant)."""
         del generator
