@@ -119,23 +119,24 @@ class ElasticMarginHead(MarginHead):
     """
 
     elastic = True
+    plus = False  # the "+" variants assign the drawn margins by rank
+    default_margin: float  # each head's paper value of m
     target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def __init__(
         self,
         embedding_dim: int,
         num_classes: int,
-        scale: float,
-        margin: float,
+        scale: float = 64.0,
+        margin: float | None = None,
         margin_std: float = ELASTIC_MARGIN_STD,
-        plus: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, margin)
+        super().__init__(embedding_dim, num_classes, scale, self.default_margin if margin is None else margin)
         margin_std = float(margin_std)
         if not (math.isfinite(margin_std) and margin_std >= 0):
             raise ValueError(f"margin_std must be a finite number >= 0, got {margin_std!r}")
-        self.margin_std, self.plus, self.generator = margin_std, bool(plus), generator
+        self.margin_std, self.generator = margin_std, generator
         self.last_margins: torch.Tensor | None = None
 
     def draw_margins(self, cos: torch.Tensor) -> torch.Tensor:
@@ -167,19 +168,8 @@ class ElasticCosFace(ElasticMarginHead):
     """ElasticCosFace: target s·(cos θ − mᵢ), mᵢ ~ N(0.35, 0.05)."""
 
     margin_range = CosFace.margin_range
+    default_margin = 0.35
     target_fn = staticmethod(cosface_target)
-
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        scale: float = 64.0,
-        margin: float = 0.35,
-        margin_std: float = ELASTIC_MARGIN_STD,
-        plus: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, margin, margin_std, plus, generator)
 
 
 @HEADS.register("elastic_arcface")
@@ -187,51 +177,22 @@ class ElasticArcFace(ElasticMarginHead):
     """ElasticArcFace: target s·cos(θ + mᵢ), mᵢ ~ N(0.5, 0.05), with ArcFace's continuation past θ = π − mᵢ."""
 
     margin_range = ArcFace.margin_range
+    default_margin = 0.5
     target_fn = staticmethod(arcface_target)
-
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        scale: float = 64.0,
-        margin: float = 0.5,
-        margin_std: float = ELASTIC_MARGIN_STD,
-        plus: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, margin, margin_std, plus, generator)
 
 
 @HEADS.register("elastic_cosface_plus")
 class ElasticCosFacePlus(ElasticCosFace):
     """ElasticCosFace+: the batch's margins assigned by rank, smallest to the highest target cosine."""
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        scale: float = 64.0,
-        margin: float = 0.35,
-        margin_std: float = ELASTIC_MARGIN_STD,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, margin, margin_std, True, generator)
+    plus = True
 
 
 @HEADS.register("elastic_arcface_plus")
 class ElasticArcFacePlus(ElasticArcFace):
     """ElasticArcFace+: the batch's margins assigned by rank, smallest to the highest target cosine."""
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_classes: int,
-        scale: float = 64.0,
-        margin: float = 0.5,
-        margin_std: float = ELASTIC_MARGIN_STD,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, margin, margin_std, True, generator)
+    plus = True
 
 
 def create_head(name: str, embedding_dim: int, num_classes: int, **kw: Any) -> nn.Module:
