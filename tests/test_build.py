@@ -5,6 +5,7 @@ release, and a build killed in the middle of distillation resumes from its check
 """
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -286,3 +287,17 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     checks = verify_release(result.release_dir)
     assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
     assert any(c.message.startswith("golden openvino_fp16: cosine") for c in checks)
+
+
+@pytest.mark.parametrize("name", ["mobilefacenet_qud", "margin_baseline"])
+def test_every_small_recipe_distills(first_build: tuple[Path, int, list[str]], name: str) -> None:
+    from factory.pipeline.build import build as run_build
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"run_dir={first_build[0]}", *TINY])
+    result = run_build(recipe, until="distill", echo=lambda line: None)
+    assert result.stages["teacher"].cached  # the same world and teacher as the demo's tiny build
+    distill = result.stages["distill"].metrics
+    assert distill["steps"] == 12 and math.isfinite(distill["final"]["loss"])
+    expected = {"mobilefacenet_qud": "QUD (InfoNCE, tau 0.1, queue 1024)", "margin_baseline": "margin baseline"}
+    assert distill["method"].startswith(expected[name])

@@ -26,6 +26,7 @@ from factory.distill.methods.feature_kd import FeatureKD
 from factory.distill.methods.margin import MarginBaseline
 from factory.distill.stage import open_source
 from factory.recipe import RecipeError, TrainConfig, load_recipe
+from factory.runtime.contract import ModelContract
 from factory.train.loop import fit
 
 
@@ -247,3 +248,21 @@ def test_adaptive_balance_is_refused_where_it_cannot_work(world: ProceduralFaceW
     assert [str(i) for i in err.value.issues] == [
         f"{path}:5: distill.source.adaptive_strength: got 0.0 (expected a number > 0)"
     ]
+
+
+def test_check_refuses_embeddings_a_method_cannot_compare(tmp_path: Path) -> None:
+    from factory.models.catalog import register_model
+    from factory.models.zoo import MODELS
+
+    if "toy_embed128" not in MODELS.names():
+        register_model("toy_embed128", ModelContract(embedding_dim=128))(lambda **kw: TinyFaceNet())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("distill:\n  student: toy_embed128\n  method: {kind: qud}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    assert [str(i) for i in err.value.issues] == [
+        f"{recipe}:2: distill.student: 'toy_embed128' embeds in 128 dimensions, the teacher 'iresnet_nano' in 512 "
+        "(expected equal sizes for distill.method qud, or a method with an adaptor)"
+    ]
+    recipe.write_text("distill:\n  student: toy_embed128\n  method: {kind: margin}\n  source: {kind: procedural}\n")
+    assert load_recipe(recipe).distill.student == "toy_embed128"  # a margin baseline has no teacher to match

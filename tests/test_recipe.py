@@ -48,6 +48,15 @@ def test_a_written_section_changes_its_own_default_not_the_class_default(tmp_pat
     assert load_recipe(write(tmp_path, "t.yaml", "teacher:\n  train: {steps: 7}\n")).teacher.train.optimizer == "sgd"
 
 
+def test_extending_with_another_kind_replaces_the_section(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", "distill:\n  method: {kind: feature_kd, normalize: true}\n")
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ndistill:\n  method: {kind: qud, queue_size: 8}\n")
+    method = load_recipe(child).distill.method
+    assert (method.kind, method.queue_size, method.temperature) == ("qud", 8, 0.1)
+    same = write(tmp_path, "same.yaml", "extends: base.yaml\ndistill:\n  method: {kind: feature_kd, loss: mse}\n")
+    assert load_recipe(same).distill.method.normalize is True  # same kind: merged key by key, as any section
+
+
 def test_misspelled_key_names_file_line_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", "seed: 1\nteacher:\n  modle: iresnet_nano\n")
     (issue,) = issues_of(path)

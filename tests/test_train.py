@@ -1,5 +1,6 @@
 """The shared training loop: exact resume (task, source and RNG state, through SIGKILL), schedules, clipping, logs."""
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -270,3 +271,16 @@ def test_tensorboard_event_file_holds_the_scalars(tmp_path: Path) -> None:
     events.Reload()
     assert {"terms/loss", "terms/mse", "lr", "speed/images_per_second"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("terms/loss")] == [0, 2, 3]
+
+
+def test_a_resume_with_other_training_settings_is_refused_with_the_difference(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=6, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=2, tensorboard=False)
+    with pytest.raises(Interrupted):
+        fit(TinyNet(), QueueTask(), DriftingSource(stop_at=3), cfg, tmp_path, progress=False)
+    changed = dataclasses.replace(cfg, lr=0.01, checkpoint_every=3)  # the cadence alone would be harmless
+    with pytest.raises(ValueError, match=r"other training settings \(lr: 0\.05 -> 0\.01\).*delete it to start"):
+        fit(TinyNet(), QueueTask(), DriftingSource(), changed, tmp_path, progress=False)
+    resumed = fit(
+        TinyNet(), QueueTask(), DriftingSource(), dataclasses.replace(cfg, checkpoint_every=3), tmp_path, progress=False
+    )
+    assert resumed.resumed_from == 2

@@ -377,6 +377,28 @@ def _check_member_class(family: str, kind: str, cls: Any) -> None:
         )
 
 
+def _check_embedding_sizes(recipe: Recipe, v: _Validator) -> None:
+    """A method comparing embeddings directly needs teacher and student of one size (known before any build when
+    the teacher is a zoo model: trained by the build, or its weights in a checkpoint; a black-box file's size is
+    checked when the build loads it)."""
+    method = recipe.distill.method
+    if not getattr(method, "needs_same_dim", False) or not v.clean("teacher.model", "distill.student", "distill.method"):
+        return
+    checkpoint = recipe.teacher.checkpoint
+    if checkpoint is not None and Path(checkpoint).suffix.lower() in (".onnx", ".xml", ".ts", ".torchscript"):
+        return
+    from factory.models.catalog import CONTRACTS
+
+    _registry("model")  # the zoo registers every family's contract when imported
+    teacher, student = CONTRACTS[recipe.teacher.model].embedding_dim, CONTRACTS[recipe.distill.student].embedding_dim
+    if teacher != student:
+        v.fail(
+            "distill.student",
+            f"{recipe.distill.student!r} embeds in {student} dimensions, the teacher {recipe.teacher.model!r} in "
+            f"{teacher} (expected equal sizes for distill.method {method.kind}, or a method with an adaptor)",
+        )
+
+
 def _check_semantics(recipe: Recipe, v: _Validator) -> None:
     """Checks that need more than one key, or more than the schema knows (a head's margins, a taxonomy file).
 
@@ -416,6 +438,7 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
                 f"got {recipe.teacher.margin_std!r} for head {recipe.teacher.head!r}, whose margin is fixed "
                 f"(expected null, or an elastic head: {elastic})",
             )
+    _check_embedding_sizes(recipe, v)
     if v.clean("run_dir") and recipe.run_dir is not None and not recipe.run_dir.strip():
         v.fail("run_dir", "empty (expected a folder for the build, or null for runs/<name>)")
     if v.clean("data.world.taxonomy") and recipe.data.world.taxonomy:

@@ -249,7 +249,9 @@ def _to_python(
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        # A tagged section of another kind replaces the one it extends: a QUD method has no use for feature KD's keys.
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        if both and ("kind" not in value or value["kind"] == out[key].get("kind")):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value

@@ -10,6 +10,7 @@ numpy's), which tasks draw from for dropout or a per-sample margin.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -105,6 +106,7 @@ def fit(
             state = read_checkpoint(resume, map_location=device)
         except ValueError as e:  # damaged by something outside the factory: it writes resume.pt atomically
             raise ValueError(f"{e}; delete it to start this training over") from None
+        _refuse_changed_settings(resume, state.get("train"), _settings(cfg))
         model.load_state_dict(state["model"])
         task.load_state_dict(state["task"])
         source.load_state_dict(state["source"])
@@ -165,6 +167,7 @@ def fit(
                     "rng": rng_state(),
                     "step": done,
                     "history": history,
+                    "train": _settings(cfg),
                 }
                 with atomic_path(resume) as tmp:
                     torch.save(state, tmp)
@@ -191,6 +194,30 @@ def fit(
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    # What shapes the run's trajectory; TensorBoard and the checkpoint cadence do not (changing them is harmless).
+    settings = dataclasses.asdict(cfg)
+    for harmless in ("tensorboard", "checkpoint_every"):
+        settings.pop(harmless, None)
+    return settings
+
+
+def _refuse_changed_settings(resume: Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """A checkpoint continues only the run that wrote it: other training settings would splice two runs together."""
+    if saved is None:  # written before checkpoints recorded their settings
+        return
+    changed = [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
+    if changed:
+        raise ValueError(
+            f"{resume} was written with other training settings ({'; '.join(changed)}): resuming would splice two "
+            "runs together; restore those settings, or delete it to start this training over"
+        )
 
 
 def clear_resume(work_dir: Path) -> None:

@@ -58,6 +58,8 @@ class FeatureKD:
     SynthDistill uses the MSE of raw embeddings (``normalize: false``); QuantFace and MST-KD normalise both first.
     """
 
+    needs_same_dim = True  # compares the embeddings directly: `factory check` refuses two sizes
+
     kind: str = "feature_kd"
     loss: str = field(default="mse", metadata={"registry": "kd_loss"})
     normalize: bool = False

@@ -110,6 +110,8 @@ class QUD:
     teacher embeddings, the logits divided by ``temperature`` (the paper: τ 0.1, queue 1024).
     """
 
+    needs_same_dim = True  # compares the embeddings directly: `factory check` refuses two sizes
+
     kind: str = "qud"
     temperature: float = field(default=0.1, metadata=between(gt=0))
     queue_size: int = field(default=1024, metadata=between(ge=1))
