@@ -57,6 +57,14 @@ def test_extending_with_another_kind_replaces_the_section(tmp_path: Path) -> Non
     assert load_recipe(same).distill.method.normalize is True  # same kind: merged key by key, as any section
 
 
+def test_setting_another_kind_starts_the_section_afresh(tmp_path: Path) -> None:
+    base = write(tmp_path, "base.yaml", "distill:\n  source: {kind: procedural, sampling: dynamic}\n")
+    (tmp_path / "faces").mkdir()
+    recipe = load_recipe(base, ["distill.source.kind=files", f"distill.source.path={tmp_path / 'faces'}"])
+    assert (recipe.distill.source.kind, recipe.distill.source.path) == ("files", str(tmp_path / "faces"))
+    assert load_recipe(base, ["distill.source.kind=procedural"]).distill.source.sampling == "dynamic"
+
+
 def test_misspelled_key_names_file_line_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "r.yaml", "seed: 1\nteacher:\n  modle: iresnet_nano\n")
     (issue,) = issues_of(path)

@@ -380,6 +380,10 @@ def _set_path(
                 node[part] = copy.deepcopy(child_default)
                 _mark_set(locs, here, where)
         if last:
+            if key == "kind" and isinstance(node, dict) and node.get("kind") not in (None, value):
+                # Another kind starts its section afresh, as in an extending file: the old kind's keys mean
+                # nothing to it (so its own keys are set after the kind: --set x.kind=files --set x.path=...).
+                node.clear()
             node[key] = value
             return None
         child = node[key] if isinstance(node, list) else node.get(key)
