@@ -378,9 +378,10 @@ def _check_member_class(family: str, kind: str, cls: Any) -> None:
 
 
 def _check_embedding_sizes(recipe: Recipe, v: _Validator) -> None:
-    """A method comparing embeddings directly needs teacher and student of one size (known before any build when
-    the teacher is a zoo model: trained by the build, or its weights in a checkpoint; a black-box file's size is
-    checked when the build loads it).
+    """A method comparing embeddings directly needs teacher and student of one size.
+
+    Known before any build when the teacher is a zoo model (trained by the build, or its weights in a checkpoint); a
+    black-box file's size is checked when the build loads it.
     """
     method = recipe.distill.method
     if not getattr(method, "needs_same_dim", False) or not v.clean(
