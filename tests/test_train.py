@@ -260,7 +260,6 @@ def test_tensorboard_off_writes_nothing(tmp_path: Path, fake_tensorboard: type) 
 
 
 def test_tensorboard_event_file_holds_the_scalars(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = TrainConfig(steps=4, batch_size=8, lr=0.01, checkpoint_every=100)
