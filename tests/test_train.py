@@ -241,18 +241,6 @@ def test_tensorboard_logs_stay_out_of_downstream_cache_keys() -> None:
     assert loop.TENSORBOARD_DIR in LOG_DIRS  # a rerun's new event files must not re-run the stages after it
 
 
-def test_tensorboard_missing_is_said_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # importing it raises ImportError
-    monkeypatch.setattr(loop, "_TENSORBOARD_NOTED", [])
-    cfg = TrainConfig(steps=2, batch_size=8, lr=0.01, checkpoint_every=100)
-    for work in ("a", "b"):
-        fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path / work, progress=False)
-    assert capsys.readouterr().err.count("tensorboard package is not installed") == 1
-    assert not (tmp_path / "a" / "tensorboard").exists()
-
-
 def test_tensorboard_off_writes_nothing(tmp_path: Path, fake_tensorboard: type) -> None:
     cfg = TrainConfig(steps=2, batch_size=8, lr=0.01, checkpoint_every=100, tensorboard=False)
     fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,28 +284,16 @@ class _Window:
         return speed
 
 
-_TENSORBOARD_NOTED: list[bool] = []  # the missing package is said once per process, not once per stage
-
-
 def _tensorboard_writer(cfg: TrainConfig, log_dir: Path, start: int) -> Any:
-    """A SummaryWriter for ``log_dir``, or None when the recipe turns logging off or TensorBoard is not installed.
+    """A SummaryWriter for ``log_dir``, or None when the recipe turns logging off.
 
     A resumed run purges the events the interrupted one wrote after its last checkpoint (``purge_step``), so the
     curves do not show those steps twice.
     """
     if not cfg.tensorboard:
         return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch ships the writer, but it needs the separate tensorboard package
-        if not _TENSORBOARD_NOTED:
-            _TENSORBOARD_NOTED.append(True)
-            print(
-                "note: no TensorBoard logs: the tensorboard package is not installed "
-                "(pip install tensorboard, or set train.tensorboard: false)",
-                file=sys.stderr,
-            )
-        return None
+    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package, a pinned dependency
+
     return SummaryWriter(str(log_dir), purge_step=start if start else None)
 
 
