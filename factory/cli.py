@@ -32,6 +32,7 @@ Exit codes:
 # Errors of the machine rather than of the input: the same command works once the disk or the permissions do.
 MACHINE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
 
+MISSING_ASSETS = "the recipe is sound, but files it names are not there (put them in place, or point the keys at them)"
 SET_HELP = "Override a recipe value, e.g. --set distill.train.steps=200 (repeatable)."
 
 
@@ -48,6 +49,8 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RecipeError as e:
+            if e.only_missing_assets:
+                click.echo(f"error: {MISSING_ASSETS}:", err=True)
             click.echo(str(e), err=True)  # one located line per problem
             sys.exit(EXIT_INPUT)
         except UnknownNameError as e:
@@ -227,8 +230,19 @@ def check(recipe: Path, overrides: tuple[str, ...], resolved: bool) -> None:
 
     Exits 0 when it is valid; otherwise exits 2 and prints one line per problem as
     FILE:LINE: dotted.key: what is wrong (what is expected).
+    A recipe whose only problems are missing files (a full-scale recipe in recipes/paper/ before its
+    checkpoints, generator and datasets are in place) is valid: check lists the files and exits 0;
+    `factory build` refuses it with the same list.
     """
-    parsed = load_recipe(recipe, list(overrides))
+    try:
+        parsed = load_recipe(recipe, list(overrides))
+    except RecipeError as e:
+        if not e.only_missing_assets:
+            raise
+        click.echo(f"{recipe}: ok, but `factory build` needs files that are not there:")
+        for issue in e.issues:
+            click.echo(f"  {issue}")
+        return
     _warn_benchmark(parsed)
     if resolved:
         click.echo(parsed.to_yaml(), nl=False)

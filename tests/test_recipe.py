@@ -313,3 +313,47 @@ def test_to_yaml_round_trips(tmp_path: Path, shelf: None) -> None:
         recipe, export=loaded.export, compress=loaded.compress
     )
     assert load_recipe(write(tmp_path, "again.yaml", loaded.to_yaml())) == loaded
+
+
+PAPER_RECIPES = sorted((ROOT / "recipes" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: p.stem)
+def test_paper_recipes_are_sound_and_name_their_missing_assets(recipe: Path, tmp_path: Path) -> None:
+    """A full-scale recipe validates without its assets; the build refuses it, listing every missing file."""
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(recipe)
+    assert refused.value.only_missing_assets
+    missing = {issue.key for issue in refused.value.issues}
+    assert "teacher.checkpoint" in missing  # every paper distils from a pre-trained teacher
+
+    checked = CliRunner().invoke(main, ["check", str(recipe)])
+    assert checked.exit_code == 0, checked.output
+    assert "factory build` needs files that are not there" in checked.output
+    assert all(f": {key}: " in checked.output for key in missing)
+
+    run_dir = tmp_path / "run"
+    built = CliRunner().invoke(main, ["build", str(recipe), "--set", f"run_dir={run_dir}"])
+    assert built.exit_code == 2
+    assert "files it names are not there" in built.output
+    assert all(f": {key}: " in built.output and "does not exist" in built.output for key in missing)
+    assert not run_dir.exists()  # refused before anything ran
+
+    # With a file (or folder) at each named path, the recipe loads: nothing else is wrong with it.
+    overrides = []
+    for issue in refused.value.issues:
+        stand_in = tmp_path / issue.key.replace(".", "_")
+        if issue.key.endswith("code_dir"):
+            stand_in.mkdir()
+        else:
+            stand_in.write_bytes(b"")
+        overrides.append(f"{issue.key}={stand_in}")
+    assert load_recipe(recipe, overrides).teacher.checkpoint is not None
+
+
+def test_a_missing_file_among_other_problems_fails_check(tmp_path: Path) -> None:
+    """Only a recipe whose sole problems are missing files passes ``check``; any other problem still exits 2."""
+    path = write(tmp_path, "r.yaml", "teacher:\n  checkpoint: missing.pt\ndistill:\n  student: tinyfar_x\n")
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 2
+    assert "missing.pt does not exist" in result.output and "unknown model 'tinyfar_x'" in result.output

@@ -166,13 +166,14 @@ class _Validator:
             probe = probe.rpartition(".")[0]
         return (self.root_file, 1)
 
-    def fail(self, dotted: str, message: str, typed: bool = False, at: str | None = None) -> None:
+    def fail(self, dotted: str, message: str, typed: bool = False, at: str | None = None, asset: bool = False) -> None:
         """Report ``message`` about ``dotted``, located at ``at`` (default: ``dotted``).
 
         ``typed``: the value has its declared type (only its range is off), so checks that read it may still run.
+        ``asset``: the problem is a named file that is not there (the recipe may still be sound).
         """
         file, line = self.where(at or dotted)
-        self.issues.append(RecipeIssue(file, line, dotted, message))
+        self.issues.append(RecipeIssue(file, line, dotted, message, asset=asset))
         self.failed.add(dotted)
         self.type_problems += not typed
 
@@ -337,7 +338,7 @@ class _Validator:
         base = Path.cwd() if file.startswith(SET) else Path(file).parent
         path = (base / value).resolve()
         if not path.exists():
-            self.fail(dotted, f"{path} does not exist (expected an existing file)")
+            self.fail(dotted, f"{path} does not exist (expected an existing file)", typed=True, asset=True)
         return str(path)
 
     def check_name(self, dotted: str, family: str, name: str) -> None:

@@ -46,6 +46,7 @@ class RecipeIssue:
     line: int
     key: str
     message: str
+    asset: bool = False  # a file the recipe names is not there: the recipe itself is sound (``factory check``)
 
     def __str__(self) -> str:
         if not self.file:  # a note about the report itself ("... and 12 more problems")
@@ -76,6 +77,12 @@ class RecipeError(ValueError):
             more = self.total - MAX_ISSUES
             self.issues.append(RecipeIssue("", 0, "", f"… and {more} more problem{'s' * (more > 1)}"))
         super().__init__("\n".join(str(i) for i in self.issues))
+
+    @property
+    def only_missing_assets(self) -> bool:
+        """Whether every problem is a named file that is not there (a full-scale recipe before its assets arrive)."""
+        located = [i for i in self.issues if i.file]
+        return bool(located) and self.total == len(located) and all(i.asset for i in located)
 
 
 Loc = tuple[str, int]  # (file, line); line 0 for a --set value
