@@ -68,7 +68,7 @@ ARMS: dict[str, Arm] = {
     "qud": Arm("QUD (tau 0.1, queue 1024), static sampling", (*STATIC, "distill.method.kind=qud")),
     "margin_scratch": Arm(
         "no teacher: ElasticArcFace from scratch on labelled distill-split identities",
-        ("distill.method.kind=margin",),
+        (*STATIC, "distill.method.kind=margin"),  # labelled identities: a fixed set, nothing to re-sample
     ),
 }
 
