@@ -52,6 +52,7 @@ def distill_student(ctx: StageContext) -> StageResult:
         seed=seed,
         work_dir=ctx.work_dir,
         num_classes=getattr(source, "num_classes", None),
+        teacher_cache_mb=cfg.teacher_cache_mb,
     )
     task = cfg.method.build(method_ctx)
     result = fit(student, task, source, cfg.train, ctx.work_dir, "distill", ctx.progress)
@@ -69,6 +70,8 @@ def distill_student(ctx: StageContext) -> StageResult:
         "final": result.final_terms,
         "history": result.history,
     }
+    for part in (source, task):  # what they report of the run: a mix's composition, the teacher cache's counts
+        metrics.update(getattr(part, "report", dict)())
     return StageResult(metrics, [Artifact("torch_fp32", (STUDENT_FILE,), "torch", derived_from="teacher")])
 
 
