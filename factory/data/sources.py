@@ -59,7 +59,11 @@ class SourceContext:
 
 
 class Source(Protocol):
-    """Batches as a function of the step, with a feedback hook and resumable state (what training pulls from)."""
+    """Batches as a function of the step, with a feedback hook and resumable state (what training pulls from).
+
+    A source may also have ``report() -> dict``: what it tells the stage's metrics about the run (a real/synthetic
+    mix's composition).
+    """
 
     def batch(self, step: int) -> dict[str, Any]:
         """The batch for ``step``: at least ``"pixels"`` (uint8 ``N×3×H×W``)."""

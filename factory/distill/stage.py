@@ -1,8 +1,10 @@
 """The distill stage: label-free feature distillation of the student from the teacher (SynthDistill's feature KD).
 
 By default every step renders fresh procedural identities (no label, no fixed dataset) and the teacher's embedding
-of each image is the target; ``distill.source`` swaps in files, a StyleGAN generator or a mix. Batches are a
-function of the step, so an interrupted stage resumes exactly where it stopped.
+of each image is the target; ``distill.source`` swaps in files, a procedural set, a StyleGAN generator, a mix or real
+and synthetic faces per group. Batches are a function of the step, so an interrupted stage resumes exactly where it
+stopped. Static data is embedded by the teacher once per image and flip (:mod:`factory.distill.teacher_cache`,
+``distill.teacher_cache_mb``); the metrics say how, and what a real/synthetic mix drew in every group.
 
 A method that trains on identity labels (``labelled = True``: the margin baseline) gets its source opened labelled,
 with identities of the distill split (never the benchmark's) and their count in its context.
