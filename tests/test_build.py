@@ -289,16 +289,31 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     assert any(c.message.startswith("golden openvino_fp16: cosine") for c in checks)
 
 
-@pytest.mark.parametrize("name", ["mobilefacenet_qud", "margin_baseline"])
+@pytest.mark.parametrize("name", ["mobilefacenet_qud", "margin_baseline", "mixed_70_30_kd"])
 def test_every_small_recipe_distills(first_build: tuple[Path, int, list[str]], name: str) -> None:
     from factory.pipeline.build import build as run_build
     from factory.recipe import load_recipe
 
-    shrunk = {"mobilefacenet_qud": ["distill.train.milestones=[4, 8, 10]"]}.get(name, [])  # inside 12 steps
+    shrunk = {
+        "mobilefacenet_qud": ["distill.train.milestones=[4, 8, 10]"],  # inside 12 steps
+        # 8 "real" identities of 2 images: rendered in a moment, and drawn again and again in 12 steps
+        "mixed_70_30_kd": ["distill.source.real.identities_per_group=2", "distill.source.real.images_per_identity=2"],
+    }.get(name, [])
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"run_dir={first_build[0]}", *TINY, *shrunk])
     result = run_build(recipe, until="distill", echo=lambda line: None)
     assert result.stages["teacher"].cached  # the same world and teacher as the demo's tiny build
     distill = result.stages["distill"].metrics
     assert distill["steps"] == 12 and math.isfinite(distill["final"]["loss"])
-    expected = {"mobilefacenet_qud": "QUD (InfoNCE, tau 0.1, queue 1024)", "margin_baseline": "margin baseline"}
+    expected = {
+        "mobilefacenet_qud": "QUD (InfoNCE, tau 0.1, queue 1024)",
+        "margin_baseline": "margin baseline",
+        "mixed_70_30_kd": "feature KD",
+    }
     assert distill["method"].startswith(expected[name])
+    if name == "mixed_70_30_kd":  # 16 faces a step: 11 real (70 %, largest remainder) and 5 synthetic
+        assert distill["data"].startswith("real_synthetic 70/30 per group: real procedural_set:distill-set")
+        composition = distill["composition"]
+        assert (composition["real"], composition["synthetic"]) == (12 * 11, 12 * 5)
+        assert all(abs(g["real_share"] - 0.7) < 0.1 for g in composition["groups"].values())
+        cache = distill["teacher_cache"]  # 8 identities x 2 images x 2 flips: at most 32 teacher embeddings
+        assert cache["computed"] <= 32 and cache["hits"] == 12 * 11 - cache["computed"] and cache["unkeyed"] == 60

@@ -6,9 +6,14 @@ registered object is that section's config dataclass; ``open(ctx)`` turns it int
 function of ``(seed, split, step)`` and the source's state, so training resumes exactly.
 
 Kinds: ``procedural`` (the built-in world, labelled identities or fresh ones every step, optionally with more of the
-groups the student matches the teacher worst on: :class:`GroupBalancer`), ``files`` (a RecordIO pack,
-a labelled folder or list for teachers; a flat folder, list or pack for distillation), ``stylegan`` (a user's
-StyleGAN2-ADA generator, distillation only) and ``mix`` (several sources, each filling its share of every batch).
+groups the student matches the teacher worst on: :class:`GroupBalancer`), ``procedural_set`` (a fixed, finite set of
+labelled procedural faces rendered once: the stand-in for a real dataset), ``files`` (a RecordIO pack, a labelled
+folder or list for teachers; a flat folder, list or pack for distillation), ``stylegan`` (a user's StyleGAN2-ADA
+generator, distillation only), ``mix`` (several sources, each filling its share of every batch) and
+``real_synthetic`` (real and synthetic faces at one ratio inside every group: :mod:`factory.data.real_synthetic`).
+
+Batches of a static set (files, ``procedural_set``, a real/synthetic mix's real part) key every sample by image and
+flip (``keys``, :mod:`factory.data.static`), so the teacher's embedding of a repeated image is computed once.
 
 Files are decoded in the training process: the data benchmark measured decoding at thousands of images/s on two
 cores, far above what a student trains at, so workers would add complexity for nothing here.
@@ -28,10 +33,12 @@ import torch
 from factory.data.formats.folders import LabelledImages, read_image_folder, read_image_list
 from factory.data.formats.recordio import RecordIOReader
 from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat_folder
+from factory.data.real_synthetic import PlannedGroups, RealSyntheticBatches
 from factory.data.resampling import DynamicResampling
+from factory.data.static import FileImages, RenderedSet, draw_by_group, keyed_batch, members_by_group
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
-from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
+from factory.data.world.splits import group_counts, identity_set, labelled_batch, unlabelled_batch
 from factory.recipe.schema import between
 from factory.registry import Registry
 
@@ -52,7 +59,11 @@ class SourceContext:
 
 
 class Source(Protocol):
-    """Batches as a function of the step, with a feedback hook and resumable state (what training pulls from)."""
+    """Batches as a function of the step, with a feedback hook and resumable state (what training pulls from).
+
+    A source may also have ``report() -> dict``: what it tells the stage's metrics about the run (a real/synthetic
+    mix's composition).
+    """
 
     def batch(self, step: int) -> dict[str, Any]:
         """The batch for ``step``: at least ``"pixels"`` (uint8 ``N×3×H×W``)."""
@@ -122,6 +133,19 @@ class ProceduralSourceConfig:
             balancer = GroupBalancer(len(ctx.world.group_names), self.adaptive_strength)
         return _sampled(WorldFaces(ctx, balancer), self.sampling, self.resample_scale, ctx)
 
+    def open_by_group(self, ctx: SourceContext) -> tuple[Any, PlannedGroups]:
+        """A live source whose fresh batches have the group counts a real/synthetic mix plans for each step.
+
+        Returns:
+            The source, and the :class:`~factory.data.real_synthetic.PlannedGroups` the mix sets the counts in
+            (holding this section's adaptive balance, if any).
+        """
+        balancer = None
+        if self.group_balance == "adaptive":
+            balancer = GroupBalancer(len(ctx.world.group_names), self.adaptive_strength)
+        planned = PlannedGroups(len(ctx.world.group_names), balancer)
+        return _sampled(WorldFaces(ctx, planned), self.sampling, self.resample_scale, ctx), planned
+
     def describe(self, ctx: SourceContext) -> str:
         """Where the data comes from, for metrics and reports."""
         balance = f" (adaptive group balance, strength {self.adaptive_strength:g})"
@@ -142,6 +166,9 @@ class FilesSourceConfig:
 
     kind: str = "files"
     path: str | None = field(default=None, metadata={"path": True})
+    # identity,group lines: the groups of files without group folders or a group column (a RecordIO pack's
+    # identities are its labels), for the real part of a real/synthetic mix
+    group_mapping: str | None = field(default=None, metadata={"path": True})
 
     def check(self, fail: Fail) -> None:
         """A files source names its files."""
@@ -150,11 +177,52 @@ class FilesSourceConfig:
 
     def open(self, ctx: SourceContext) -> Any:
         """A live source over the files."""
+        if self.group_mapping is not None:
+            raise ValueError(
+                f"group_mapping {self.group_mapping} gives the real files of a real_synthetic source their groups; "
+                "a files source on its own does not use groups (remove it)"
+            )
         return FileBatches(self.path, ctx)
 
+    def grouped(self, ctx: SourceContext) -> FileImages:
+        """The files as a static set with the world's groups (refused, with the path, where a group is missing)."""
+        return FileImages(self.path, ctx.world.group_names, size=ctx.size, group_mapping=self.group_mapping)
+
     def describe(self, ctx: SourceContext) -> str:
-        """The path."""
-        return str(self.path)
+        """The path (and the group mapping)."""
+        return str(self.path) + (f" (groups from {self.group_mapping})" if self.group_mapping else "")
+
+
+@SOURCES.register("procedural_set")
+@dataclass
+class ProceduralSetSourceConfig:
+    """A fixed, finite set of labelled procedural faces, rendered once: a static dataset standing in for real faces.
+
+    ``identities_per_group`` identities of every group, of the split ``<stage split>-set`` (their own: never the
+    teacher's, the benchmark's or the online faces'), each with ``images_per_identity`` images; every epoch draws the
+    same images (flipped with p ½), so the teacher's embedding of each is computed once.
+    """
+
+    kind: str = "procedural_set"
+    identities_per_group: int = field(default=50, metadata=between(ge=1))
+    images_per_identity: int = field(default=8, metadata=between(ge=1))
+
+    def grouped(self, ctx: SourceContext) -> RenderedSet:
+        """The set (rendered lazily, an identity at a time)."""
+        return RenderedSet(
+            ctx.world, f"{ctx.split}-set", self.identities_per_group, self.images_per_identity, seed=ctx.seed
+        )
+
+    def open(self, ctx: SourceContext) -> Any:
+        """Group-balanced batches of the set, labelled (identity index) when the stage needs labels."""
+        return SetBatches(self.grouped(ctx), ctx)
+
+    def describe(self, ctx: SourceContext) -> str:
+        """The split and the set's size."""
+        return (
+            f"procedural_set:{ctx.split}-set ({self.identities_per_group} identities per group x "
+            f"{self.images_per_identity} images)"
+        )
 
 
 @SOURCES.register("stylegan")
@@ -222,6 +290,61 @@ class MixSourceConfig:
     def describe(self, ctx: SourceContext) -> str:
         """Each part with its weight."""
         return " + ".join(f"{w:g}×{s.describe(ctx)}" for s, w in zip(self.sources, self.weights, strict=True))
+
+
+def _kinds_with(capability: str) -> str:
+    return ", ".join(n for n in SOURCES.names() if hasattr(SOURCES.get(n), capability))
+
+
+@SOURCES.register("real_synthetic")
+@dataclass
+class RealSyntheticSourceConfig:
+    """Real and synthetic faces at one ratio inside every group (seed 000; the paper's best mix: 70 % real).
+
+    ``real``: images with groups (``files`` with group folders, a group column or ``group_mapping``, or the
+    ``procedural_set`` stand-in); ``synthetic``: faces rendered in the groups asked for (``procedural``, static or
+    dynamic, equal or adaptive group balance). Every group's part of each batch is ``real_share`` real, the rest
+    synthetic (:mod:`factory.data.real_synthetic`); ``real_share: 1`` trains on the real images alone, group-balanced.
+    """
+
+    kind: str = "real_synthetic"
+    real: Any = field(default=None, metadata={"union": "source"})
+    synthetic: Any = field(default=None, metadata={"union": "source", "default": {"kind": "procedural"}})
+    real_share: float = field(
+        default=0.7,
+        metadata=between(gt=0, le=1, note="1 is real images only; for synthetic only, use the synthetic source"),
+    )
+
+    def check(self, fail: Fail) -> None:
+        """The real part must be a fixed set with groups, the synthetic part faces rendered in given groups."""
+        if self.real is None:
+            fail("real", f"missing (expected real images with groups, a source of kind: {_kinds_with('grouped')})")
+        elif not hasattr(self.real, "grouped"):
+            fail(
+                "real.kind",
+                f"got {self.real.kind!r}, which is no fixed set of images with groups (expected one of: "
+                f"{_kinds_with('grouped')})",
+            )
+        if self.synthetic is not None and not hasattr(self.synthetic, "open_by_group"):
+            fail(
+                "synthetic.kind",
+                f"got {self.synthetic.kind!r}, whose faces cannot be rendered in the groups a batch needs (expected "
+                f"one of: {_kinds_with('open_by_group')}; kind mix shares the batch by one global ratio instead)",
+            )
+
+    def open(self, ctx: SourceContext) -> Any:
+        """The group-planned mix of both parts."""
+        if ctx.labelled:
+            raise ValueError("a real/synthetic mix has no single label space: teachers train on one labelled source")
+        return RealSyntheticBatches(self, ctx)
+
+    def describe(self, ctx: SourceContext) -> str:
+        """The ratio per group, and both parts."""
+        real = f"real {self.real.describe(ctx)}"
+        if self.real_share == 1:
+            return f"real_synthetic 100/0 per group (real only): {real}"
+        ratio = f"{self.real_share * 100:g}/{(1 - self.real_share) * 100:.3g}"
+        return f"real_synthetic {ratio} per group: {real} + synthetic {self.synthetic.describe(ctx)}"
 
 
 class LabelledWorldBatches(StatelessSource):
@@ -311,11 +434,12 @@ class GroupBalancer:
 class WorldFaces:
     """Fresh procedural identities every step, balanced over groups, with their latents (label-free distillation).
 
-    With a ``balancer`` each fresh batch's group counts follow its shares; without one every group gets an equal
+    With a ``balancer`` each fresh batch's group counts follow its shares (exactly, when they are counts: a
+    real/synthetic mix's :class:`~factory.data.real_synthetic.PlannedGroups`); without one every group gets an equal
     share.
     """
 
-    def __init__(self, ctx: SourceContext, balancer: GroupBalancer | None = None) -> None:
+    def __init__(self, ctx: SourceContext, balancer: GroupBalancer | PlannedGroups | None = None) -> None:
         self.ctx, self.balancer = ctx, balancer
 
     def fresh(self, step: int) -> dict[str, Any]:
@@ -417,11 +541,37 @@ class FileBatches(StatelessSource):
             self.dataset = UnlabelledImages(path, size=ctx.size)
 
     def batch(self, step: int) -> dict[str, Any]:
-        """Images (and labels) of one step."""
-        items = file_batch(self.dataset, self.ctx.batch_size, step, self.ctx.seed)
+        """Images (and labels) of one step; unlabelled ones keyed by image and flip (static data)."""
         if not self.ctx.labelled:
-            return {"pixels": torch.stack(items)}
+            gen = make_generator("files", self.ctx.seed, step)
+            indices = torch.randint(0, len(self.dataset), (self.ctx.batch_size,), generator=gen)
+            return keyed_batch(self.dataset, indices, torch.rand(len(indices), generator=gen) < 0.5)
+        items = file_batch(self.dataset, self.ctx.batch_size, step, self.ctx.seed)
         return {"pixels": torch.stack([i[0] for i in items]), "labels": torch.tensor([i[1] for i in items])}
+
+
+class SetBatches(StatelessSource):
+    """Batches of a procedural set, group-balanced, labelled (identity index) when the stage needs labels.
+
+    Every group gets an equal part (round-robin from a random first group), its images uniform within the group.
+    """
+
+    def __init__(self, images: RenderedSet, ctx: SourceContext) -> None:
+        self.images, self.ctx = images, ctx
+        self.members = members_by_group(images, ctx.world.group_names)
+        if ctx.labelled:
+            self.num_classes = images.identities
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """Images, keys, groups (and labels) of one step."""
+        gen = make_generator("procedural-set", self.ctx.seed, self.ctx.split, step)
+        groups = len(self.members)
+        first = int(torch.randint(0, groups, (1,), generator=gen))
+        counts = group_counts(torch.ones(groups), self.ctx.batch_size, first=first)
+        batch, indices = draw_by_group(self.images, self.members, counts, gen)
+        if self.ctx.labelled:
+            batch["labels"] = self.images.labels[indices]
+        return batch
 
 
 class MixedBatches:
@@ -497,22 +647,29 @@ def identity_count(dataset: LabelledDataset) -> int:
 
 
 class UnlabelledImages(torch.utils.data.Dataset):
-    """uint8 images of a flat folder, a list or a RecordIO pack (labels ignored), for label-free distillation."""
+    """uint8 images of a flat folder, a list or a RecordIO pack (labels ignored), for label-free distillation.
+
+    Unflipped: the batch flips (and keys) each draw.
+    """
 
     def __init__(self, path: str | os.PathLike[str], size: int = 112) -> None:
         path = Path(path)
         if path.suffix in (".rec", ".idx"):
-            self.inner: torch.utils.data.Dataset = RecordIODataset(path.with_suffix(".rec"), size=size, flip=True)
+            self.inner: torch.utils.data.Dataset = RecordIODataset(path.with_suffix(".rec"), size=size)
         else:
             paths = read_flat_folder(path) if path.is_dir() else read_image_list(path).paths
             index = LabelledImages(paths, ["-"] * len(paths), ["all"] * len(paths), source=str(path))
-            self.inner = LabelledImageDataset(index, size=size, flip=True)
+            self.inner = LabelledImageDataset(index, size=size)
 
     def __len__(self) -> int:
         return len(self.inner)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.inner[i][0]
+
+    def image(self, index: int) -> torch.Tensor:
+        """The image at ``index``, unflipped."""
+        return self.inner[index][0]
 
 
 def file_batch(dataset: torch.utils.data.Dataset, batch_size: int, step: int, seed: int) -> list:

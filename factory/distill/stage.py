@@ -1,8 +1,10 @@
 """The distill stage: label-free feature distillation of the student from the teacher (SynthDistill's feature KD).
 
 By default every step renders fresh procedural identities (no label, no fixed dataset) and the teacher's embedding
-of each image is the target; ``distill.source`` swaps in files, a StyleGAN generator or a mix. Batches are a
-function of the step, so an interrupted stage resumes exactly where it stopped.
+of each image is the target; ``distill.source`` swaps in files, a procedural set, a StyleGAN generator, a mix or real
+and synthetic faces per group. Batches are a function of the step, so an interrupted stage resumes exactly where it
+stopped. Static data is embedded by the teacher once per image and flip (:mod:`factory.distill.teacher_cache`,
+``distill.teacher_cache_mb``); the metrics say how, and what a real/synthetic mix drew in every group.
 
 A method that trains on identity labels (``labelled = True``: the margin baseline) gets its source opened labelled,
 with identities of the distill split (never the benchmark's) and their count in its context.
@@ -52,6 +54,7 @@ def distill_student(ctx: StageContext) -> StageResult:
         seed=seed,
         work_dir=ctx.work_dir,
         num_classes=getattr(source, "num_classes", None),
+        teacher_cache_mb=cfg.teacher_cache_mb,
     )
     task = cfg.method.build(method_ctx)
     result = fit(student, task, source, cfg.train, ctx.work_dir, "distill", ctx.progress)
@@ -69,6 +72,8 @@ def distill_student(ctx: StageContext) -> StageResult:
         "final": result.final_terms,
         "history": result.history,
     }
+    for part in (source, task):  # what they report of the run: a mix's composition, the teacher cache's counts
+        metrics.update(getattr(part, "report", dict)())
     return StageResult(metrics, [Artifact("torch_fp32", (STUDENT_FILE,), "torch", derived_from="teacher")])
 
 

@@ -254,7 +254,8 @@ class DistillConfig:
 
     student: str = field(default="tinyfar_a", metadata={"registry": "model"})
     # What to distill on: online procedural faces, {kind: files, path: ...} (a flat folder, a list or a RecordIO
-    # pack), {kind: stylegan, ...} or {kind: mix, sources: [...], weights: [...]}. Kinds: factory.data.sources.
+    # pack), {kind: stylegan, ...}, {kind: mix, sources: [...], weights: [...]} or {kind: real_synthetic, real: ...,
+    # synthetic: ..., real_share: 0.7} (the ratio inside every group). Kinds: factory.data.sources.
     source: Any = field(default=None, metadata={"union": "source", "default": {"kind": "procedural"}})
     # How the student learns from the teacher: {kind: feature_kd, loss: mse, normalize: false} (SynthDistill's raw
     # MSE; QuantFace and MST-KD normalise first). Kinds: factory.distill.methods.DISTILL_METHODS.
@@ -262,6 +263,9 @@ class DistillConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine")
     )
+    # Memory for the teacher's embeddings of static data (files, a procedural_set, a real/synthetic mix's real part:
+    # each image and flip is embedded once; 2 KiB per 512-d embedding); 0 caches none, with the same results.
+    teacher_cache_mb: int = field(default=1024, metadata=between(ge=0))
 
 
 @dataclass

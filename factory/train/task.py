@@ -4,7 +4,8 @@ A task turns ``(model, batch)`` into a :class:`TaskOutput`; its batches come fro
 (:class:`factory.data.sources.Source`). Both may carry state that must survive an interruption (a queue of past
 teacher features, a latent sampler, an adaptor's BatchNorm statistics): :func:`factory.train.loop.fit` saves
 ``state_dict()`` of both in its resume checkpoint and restores them before the first resumed step, so a resumed run
-is the run that was interrupted.
+is the run that was interrupted. Either may also have ``report() -> dict``, which a stage adds to its metrics (how a
+teacher cache served the teacher's embeddings, which images a mix drew).
 """
 
 from __future__ import annotations

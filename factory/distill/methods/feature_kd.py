@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from factory.distill.losses import KD_LOSSES
 from factory.distill.methods.base import DISTILL_METHODS, MethodContext, embedding_dim
+from factory.distill.teacher_cache import DEFAULT_CAPACITY_MB, TeacherEmbeddings
 from factory.train.task import ModuleTask, TaskOutput
 from factory.train.tasks import model_input
 
@@ -21,16 +21,22 @@ class FeatureDistillTask(ModuleTask):
     Each model sees the image through its own contract, so a teacher with another normalisation is still fed right.
     """
 
-    def __init__(self, teacher: nn.Module, loss: str = "mse", normalize: bool = False) -> None:
-        self.teacher = teacher.eval().requires_grad_(False)
+    def __init__(
+        self,
+        teacher: nn.Module,
+        loss: str = "mse",
+        normalize: bool = False,
+        cache_mb: float = DEFAULT_CAPACITY_MB,
+    ) -> None:
+        self.targets = TeacherEmbeddings(teacher, cache_mb)  # the teacher, called once per static image and flip
+        self.teacher = self.targets.teacher
         self.modules = {"teacher": self.teacher}  # moved to the device with the task; frozen, so not resumed
         self.loss = KD_LOSSES.get(loss)
         self.normalize = normalize
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
         """KD loss(student, teacher), plus the mean cosine between them as a readable agreement figure."""
-        with torch.no_grad():
-            target = self.teacher(model_input(self.teacher, batch["pixels"]))
+        target = self.targets(batch)
         student = model(model_input(model, batch["pixels"]))
         if self.normalize:
             target, student = F.normalize(target), F.normalize(student)
@@ -38,6 +44,10 @@ class FeatureDistillTask(ModuleTask):
         cosine = F.cosine_similarity(student.detach(), target, dim=1)
         # Per-sample agreement: what a re-sampling source (SynthDistill's step 2) reads through its feedback hook.
         return TaskOutput(loss, {"cos": cosine.mean().item()}, per_sample={"agreement": cosine})
+
+    def report(self) -> dict[str, Any]:
+        """How the teacher's embeddings were obtained (the cache's counts)."""
+        return {"teacher_cache": self.targets.report()}
 
 
 def require_same_dim(ctx: MethodContext, method: str) -> None:
@@ -67,7 +77,7 @@ class FeatureKD:
     def build(self, ctx: MethodContext) -> FeatureDistillTask:
         """The task for the training loop."""
         require_same_dim(ctx, self.kind)
-        return FeatureDistillTask(ctx.teacher, loss=self.loss, normalize=self.normalize)
+        return FeatureDistillTask(ctx.teacher, loss=self.loss, normalize=self.normalize, cache_mb=ctx.teacher_cache_mb)
 
     def describe(self) -> str:
         """One line for metrics and reports."""

@@ -18,6 +18,7 @@ from torch import nn
 from factory.data.world.seeding import make_generator
 from factory.distill.methods.base import DISTILL_METHODS, MethodContext, embedding_dim
 from factory.distill.methods.feature_kd import require_same_dim
+from factory.distill.teacher_cache import DEFAULT_CAPACITY_MB, TeacherEmbeddings
 from factory.recipe.schema import between
 from factory.train.task import ModuleTask, TaskOutput
 from factory.train.tasks import model_input
@@ -40,12 +41,20 @@ class QUDTask(ModuleTask):
     The teacher is frozen and not resumed (it is rebuilt from its checkpoint); QUD has no trainable head.
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float = 0.1, queue_size: int = 1024, seed: int = 0) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        temperature: float = 0.1,
+        queue_size: int = 1024,
+        seed: int = 0,
+        cache_mb: float = DEFAULT_CAPACITY_MB,
+    ) -> None:
         if temperature <= 0:
             raise ValueError(f"QUD temperature must be > 0, got {temperature}")
         if queue_size < 1:
             raise ValueError(f"QUD queue_size must be >= 1, got {queue_size}")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.targets = TeacherEmbeddings(teacher, cache_mb)  # the teacher, called once per static image and flip
+        self.teacher = self.targets.teacher
         self.modules = {"teacher": self.teacher}
         self.temperature = temperature
         # Its own named stream: the initial queue is a function of the recipe's seed alone, whatever else is drawn.
@@ -55,14 +64,17 @@ class QUDTask(ModuleTask):
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
         """InfoNCE of the student's embedding against the teacher's (positive) and the queue (negatives)."""
-        with torch.no_grad():
-            k = F.normalize(self.teacher(model_input(self.teacher, batch["pixels"])), dim=1)
+        k = F.normalize(self.targets(batch), dim=1)
         q = F.normalize(model(model_input(model, batch["pixels"])), dim=1)
         loss = infonce_loss(q, k, self.queue, self.temperature)
         self.enqueue(k)
         cosine = (q.detach() * k).sum(dim=1)
         # Per-sample agreement: what a re-sampling source (SynthDistill's step 2) reads through its feedback hook.
         return TaskOutput(loss, {"cos": cosine.mean().item()}, per_sample={"agreement": cosine})
+
+    def report(self) -> dict[str, Any]:
+        """How the teacher's embeddings were obtained (the cache's counts)."""
+        return {"teacher_cache": self.targets.report()}
 
     def enqueue(self, k: torch.Tensor) -> None:
         """Write ``k`` into the queue in FIFO order, overwriting the oldest rows.
@@ -119,7 +131,13 @@ class QUD:
     def build(self, ctx: MethodContext) -> QUDTask:
         """The task for the training loop, its initial queue drawn from the recipe's seed."""
         require_same_dim(ctx, self.kind)
-        return QUDTask(ctx.teacher, temperature=self.temperature, queue_size=self.queue_size, seed=ctx.seed)
+        return QUDTask(
+            ctx.teacher,
+            temperature=self.temperature,
+            queue_size=self.queue_size,
+            seed=ctx.seed,
+            cache_mb=ctx.teacher_cache_mb,
+        )
 
     def describe(self) -> str:
         """One line for metrics and reports."""
