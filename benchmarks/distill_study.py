@@ -46,6 +46,7 @@ from factory.runtime.runners import embed_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "recipes" / "tinyfar_synthdistill.yaml"
+MIXED = ROOT / "recipes" / "mixed_70_30_kd.yaml"
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -55,6 +56,7 @@ class Arm:
 
     description: str
     overrides: tuple[str, ...]
+    recipe: Path = BASE  # the mixed-data arms start from recipes/mixed_70_30_kd.yaml (itself the base + its source)
 
 
 STATIC = ("distill.source.sampling=static",)
@@ -70,6 +72,12 @@ ARMS: dict[str, Arm] = {
         "no teacher: ElasticArcFace from scratch on labelled distill-split identities",
         (*STATIC, "distill.method.kind=margin"),  # labelled identities: a fixed set, nothing to re-sample
     ),
+    "mixed_70_30": Arm(
+        "feature KD on 70 % real (procedural stand-in: 50 identities x 8 images per group) + 30 % synthetic",
+        (),
+        MIXED,
+    ),
+    "real_only": Arm("feature KD on the real stand-in alone, group-balanced", ("distill.source.real_share=1",), MIXED),
 }
 
 # (arm, against): the paired comparisons the study reports; a comparison runs when both arms ran.
@@ -78,6 +86,8 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("kd_dynamic", "kd_static"),
     ("qud", "kd_static"),
     ("kd_dynamic_adaptive", "kd_dynamic"),
+    ("mixed_70_30", "kd_dynamic"),  # against synthetic only: the same synthetic part, dynamic re-sampling
+    ("mixed_70_30", "real_only"),
 )
 
 QUICK = (
@@ -90,7 +100,7 @@ QUICK = (
 
 def measure_arm(name: str, arm: Arm, overrides: list[str], run_dir: Path, replicates: int) -> dict[str, Any]:
     """Build one arm up to its student and embed the benchmark with it."""
-    recipe = load_recipe(BASE, [f"run_dir={run_dir}", *overrides, *arm.overrides])
+    recipe = load_recipe(arm.recipe, [f"run_dir={run_dir}", *overrides, *arm.overrides])
     start = time.perf_counter()
     built = build(recipe, until="distill", progress=False)
     seconds = time.perf_counter() - start
@@ -103,6 +113,7 @@ def measure_arm(name: str, arm: Arm, overrides: list[str], run_dir: Path, replic
         "embeddings": embeddings,
         "record": {
             "description": arm.description,
+            "recipe": str(arm.recipe.relative_to(ROOT)),
             "overrides": list(arm.overrides),
             "student": recipe.distill.student,
             "steps": recipe.distill.train.steps,
