@@ -230,7 +230,8 @@ def test_real_files_without_groups_are_refused_with_their_path(tmp_path: Path) -
     mapping.write_text("ann,alpha\n")
     with pytest.raises(ValueError, match=r"1 identities have no group in .*groups.csv, e.g. \['bob'\]"):
         files_mix(flat, mapping).open(where(world, batch_size=8))
-    with pytest.raises(ValueError, match="has groups of its own"):
+    # Files with groups of their own have them renamed by the mapping: an identity mapping names none of them.
+    with pytest.raises(ValueError, match=r"its group 'alpha', 'beta', 'gamma' has no line in .*groups.csv"):
         files_mix(partial, mapping).open(where(world, batch_size=8))
     with pytest.raises(ValueError, match="a files source on its own does not use groups"):
         FilesSourceConfig(path=str(flat), group_mapping=str(mapping)).open(where(world, batch_size=8))
@@ -255,6 +256,21 @@ def test_real_files_take_their_groups_from_a_mapping(tmp_path: Path) -> None:
         assert torch.equal(pixels, image.flip(-1) if f else image)
 
 
+def test_a_mapping_renames_bupt_races_to_the_worlds_groups(tmp_path: Path) -> None:
+    races = ["African", "Asian", "Caucasian", "Indian"]  # BUPT-BalancedFace's folders, RFW's races
+    bupt = write_faces(tmp_path / "bupt", {f"{race}/m.{i}": ["0.png"] for i, race in enumerate(races)})
+    mapping = tmp_path / "races.csv"
+    mapping.write_text("".join(f"{race},{group}\n" for race, group in zip(races, GROUPS, strict=True)))
+    images = FilesSourceConfig(path=str(bupt), group_mapping=str(mapping)).grouped(where(ProceduralFaceWorld()))
+    assert images.groups.tolist() == [0, 1, 2, 3]  # the folder's order: African, Asian, Caucasian, Indian
+    mapping.write_text("African,alpha\nAsian,beta\n")
+    with pytest.raises(ValueError, match=r"its group 'Caucasian', 'Indian' has no line in .*races.csv \(files with "):
+        FilesSourceConfig(path=str(bupt), group_mapping=str(mapping)).grouped(where(ProceduralFaceWorld()))
+    mapping.write_text("".join(f"{race},{race.lower()}\n" for race in races))
+    with pytest.raises(ValueError, match=r"group 'african', .* is not one of the world's groups .* or rename them"):
+        FilesSourceConfig(path=str(bupt), group_mapping=str(mapping)).grouped(where(ProceduralFaceWorld()))
+
+
 def test_a_flat_folder_for_distillation_is_keyed_by_image_and_flip(tmp_path: Path) -> None:
     faces = write_faces(tmp_path, {"dump": [f"{i}.png" for i in range(5)]})
     source = FilesSourceConfig(path=str(faces / "dump")).open(where(ProceduralFaceWorld(), batch_size=12))
@@ -265,6 +281,102 @@ def test_a_flat_folder_for_distillation_is_keyed_by_image_and_flip(tmp_path: Pat
         image = stored(faces / "dump" / f"{i}.png")
         assert torch.equal(pixels, image.flip(-1) if f else image)
     assert torch.equal(source.batch(3)["keys"], batch["keys"])
+
+
+# -------------------------------------------------------------------------------------- a fixed synthetic set
+
+
+def file_sets(root: Path) -> tuple[Path, Path, Path]:
+    """A BUPT-style real folder (3 images per group) and a flat synthetic one with an identity,group mapping (2 per
+    group), every image different from every other."""
+    real = write_faces(root / "real", {f"{g}/{g}{i}": ["0.png"] for g in GROUPS for i in range(3)})
+    synthetic = write_faces(root / "synthetic", {f"s{g}{i}": ["0.png"] for g in GROUPS for i in range(2)})
+    mapping = root / "synthetic.csv"
+    mapping.write_text("".join(f"s{g}{i},{g}\n" for g in GROUPS for i in range(2)))
+    return real, synthetic, mapping
+
+
+def file_set_mix(root: Path, share: float = 0.7) -> RealSyntheticSourceConfig:
+    real, synthetic, mapping = file_sets(root)
+    return RealSyntheticSourceConfig(
+        real=FilesSourceConfig(path=str(real)),
+        synthetic=FilesSourceConfig(path=str(synthetic), group_mapping=str(mapping)),
+        real_share=share,
+    )
+
+
+def test_a_grouped_file_set_as_the_synthetic_part_keeps_every_groups_ratio_exactly(tmp_path: Path) -> None:
+    cfg, world = file_set_mix(tmp_path), ProceduralFaceWorld()
+    assert cfg.describe(where(world)) == (
+        f"real_synthetic 70/30 per group: real {tmp_path / 'real'} + synthetic {tmp_path / 'synthetic'} "
+        f"(groups from {tmp_path / 'synthetic.csv'})"
+    )
+    source = cfg.open(where(world, batch_size=40))
+    offset = 2 * 12  # the real set's keys: 12 images x 2 flips
+    synthetic_names = sorted(f"s{g}{i}" for g in GROUPS for i in range(2))  # the flat folder's order
+    for step in range(4):
+        batch = source.batch(step)
+        real, synthetic = batch["keys"] < offset, batch["keys"] >= offset
+        assert real[:28].all() and synthetic[28:].all()  # 28 real images first, then 12 synthetic
+        counts = [
+            (int((real & (batch["groups"] == g)).sum()), int((synthetic & (batch["groups"] == g)).sum()))
+            for g in range(4)
+        ]
+        assert counts == [(7, 3)] * 4, step
+        index, flip = (batch["keys"][28:] - offset) // 2, batch["keys"][28:] % 2
+        for pixels, group, i, f in zip(batch["pixels"][28:], batch["groups"][28:], index.tolist(), flip, strict=True):
+            name = synthetic_names[i]
+            assert GROUPS[int(group)] == name[1:-1]  # its group is its mapping's
+            image = stored(tmp_path / "synthetic" / name / "0.png")
+            assert torch.equal(pixels, image.flip(-1) if f else image)
+        source.feedback(step, batch, {"agreement": torch.zeros(40)})  # a fixed set learns nothing from it
+    composition = source.report()["composition"]
+    assert (composition["real"], composition["synthetic"]) == (4 * 28, 4 * 12)
+    assert source.state_dict()["synthetic"] == {}
+
+
+def test_a_fixed_synthetic_set_is_a_function_of_the_step_and_resumes(tmp_path: Path) -> None:
+    cfg, ctx = file_set_mix(tmp_path), where(ProceduralFaceWorld(), batch_size=16)
+    first, second = cfg.open(ctx), cfg.open(ctx)
+    for step in range(3):
+        first.feedback(step, first.batch(step), {"agreement": torch.rand(16)})
+    resumed = cfg.open(ctx)
+    resumed.load_state_dict(first.state_dict())
+    assert same(first.batch(3), second.batch(3)) and same(resumed.batch(4), second.batch(4))
+    composition = resumed.report()["composition"]  # three steps before the resume, one after
+    assert (composition["real"], composition["synthetic"]) == (4 * 11, 4 * 5)
+    assert not torch.equal(first.batch(5)["keys"][11:], first.batch(6)["keys"][11:])
+    with pytest.raises(ValueError, match=r"a fixed synthetic set has no state, got \['pending'\]"):
+        resumed.load_state_dict(
+            {"plan": None, "seen": torch.zeros(4, 2, dtype=torch.long), "synthetic": {"pending": 1}}
+        )
+
+
+def test_keys_of_the_real_and_the_synthetic_set_never_collide(sketch: ProceduralFaceWorld, tmp_path: Path) -> None:
+    stand_ins = RealSyntheticSourceConfig(
+        real=ProceduralSetSourceConfig(identities_per_group=3, images_per_identity=2),
+        synthetic=ProceduralSetSourceConfig(identities_per_group=1, images_per_identity=2),
+        real_share=0.5,
+    )
+    # The synthetic procedural set is of its own split: not the real stand-in's identities.
+    assert stand_ins.describe(where(sketch)).endswith(
+        "synthetic procedural_set:distill-synthetic-set (1 identities per group x 2 images)"
+    )
+    for cfg, ctx in (
+        (stand_ins, where(sketch, batch_size=16)),
+        (file_set_mix(tmp_path), where(ProceduralFaceWorld(), batch_size=16)),
+    ):
+        source = cfg.open(ctx)
+        real_total = source.real_total
+        pixels_of: dict[int, torch.Tensor] = {}
+        real_keys, synthetic_keys = set(), set()
+        for step in range(12):
+            batch = source.batch(step)
+            real_keys |= set(batch["keys"][:real_total].tolist())
+            synthetic_keys |= set(batch["keys"][real_total:].tolist())
+            for key, pixels in zip(batch["keys"].tolist(), batch["pixels"], strict=True):
+                assert torch.equal(pixels_of.setdefault(key, pixels), pixels), key  # a key is one image
+        assert min(synthetic_keys) >= 2 * len(source.real) > max(real_keys) and min(real_keys) >= 0
 
 
 # ------------------------------------------------------------------------------------------------- the recipe
@@ -291,13 +403,23 @@ def test_check_refuses_a_bad_share_and_real_parts_without_groups(tmp_path: Path)
         f"{path}:4: distill.source.real.path: missing (expected the path of a RecordIO pack, an image folder or a list)"
     ]
     assert issues(
-        "    kind: real_synthetic\n    real: {kind: procedural}\n    synthetic: {kind: files, path: .}\n"
+        "    kind: real_synthetic\n    real: {kind: procedural}\n    synthetic: {kind: stylegan, pickle: ., "
+        "code_dir: ., trust_pickle: true}\n"
     ) == [
         f"{path}:4: distill.source.real.kind: got 'procedural', which is no fixed set of images with groups "
         "(expected one of: files, procedural_set)",
-        f"{path}:5: distill.source.synthetic.kind: got 'files', whose faces cannot be rendered in the groups a batch "
-        "needs (expected one of: procedural; kind mix shares the batch by one global ratio instead)",
+        f"{path}:5: distill.source.synthetic.kind: got 'stylegan', whose faces can neither be rendered in the groups "
+        "a batch needs nor drawn from a fixed set with groups (expected one of: procedural, rendered per group; "
+        "files, procedural_set, a fixed set with groups; kind mix shares the batch by one global ratio instead)",
     ]
+    mapping = tmp_path / "dcface.csv"
+    mapping.write_text("0,alpha\n")
+    for synthetic in ("{kind: procedural_set}", f"{{kind: files, path: ., group_mapping: {mapping}}}"):
+        path.write_text(
+            f"distill:\n  source:\n    kind: real_synthetic\n    real: {{kind: files, path: .}}\n"
+            f"    synthetic: {synthetic}\n"
+        )
+        assert hasattr(load_recipe(path).distill.source.synthetic, "grouped"), synthetic
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "mixed_70_30_kd.yaml")
     source = recipe.distill.source
     assert (source.real_share, source.real.kind, source.synthetic.sampling) == (0.7, "procedural_set", "dynamic")

@@ -339,11 +339,13 @@ def test_paper_recipes_are_sound_and_name_their_missing_assets(recipe: Path, tmp
     assert all(f": {key}: " in built.output and "does not exist" in built.output for key in missing)
     assert not run_dir.exists()  # refused before anything ran
 
-    # With a file (or folder) at each named path, the recipe loads: nothing else is wrong with it.
+    # With a file (or folder) at each named path, the recipe loads: nothing else is wrong with it. A path without a
+    # suffix names a folder (a code clone, an image folder, an RFW root), one with a suffix a file.
     overrides = []
     for issue in refused.value.issues:
         stand_in = tmp_path / issue.key.replace(".", "_")
-        if issue.key.endswith("code_dir"):
+        named = Path(issue.message.partition(" does not exist")[0])
+        if not named.suffix:
             stand_in.mkdir()
         else:
             stand_in.write_bytes(b"")

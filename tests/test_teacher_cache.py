@@ -90,6 +90,25 @@ def test_the_canonical_forward_never_depends_on_the_other_images() -> None:
         assert torch.equal(cache.canonical(pixels)[position], alone), (position, others)
 
 
+def test_a_fixed_synthetic_set_never_gets_a_real_images_embedding(world: ProceduralFaceWorld) -> None:
+    """Both parts of a mix are static sets keyed from image 0: keys offset apart, every embedding is its own image's."""
+    cfg = RealSyntheticSourceConfig(
+        real=ProceduralSetSourceConfig(identities_per_group=2, images_per_identity=2),
+        synthetic=ProceduralSetSourceConfig(identities_per_group=1, images_per_identity=2),
+        real_share=0.5,
+    )
+    source = cfg.open(SourceContext(world=world, batch_size=16, seed=0, split="distill", labelled=False))
+    teacher = teacher_of("toy")
+    cache, fresh = TeacherEmbeddings(teacher), TeacherEmbeddings(teacher, capacity_mb=0)
+    keys: set[int] = set()
+    for step in range(6):
+        batch = source.batch(step)
+        keys |= set(batch["keys"].tolist())
+        assert torch.equal(cache(batch), fresh.canonical(batch["pixels"])), step
+    report = cache.report()
+    assert report["entries"] == len(keys) and report["hits"] > report["computed"]  # both sets came back, cached
+
+
 def distill(
     method: str, world: ProceduralFaceWorld, cache_mb: float, work: Path, steps: int = 16
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]], Counted, dict[str, Any]]:

@@ -11,14 +11,17 @@ through; here every batch is planned group by group:
    proportion to their parts, again by largest remainder. A group of 10 at 0.7 gets 7 real and 3 synthetic images,
    and no group is ever more than one image from its exact share.
 3. Each group's real images are drawn from the real set's images of that group (uniform, with replacement, each
-   flipped with p ½, keyed for the teacher cache); its synthetic faces are rendered by the synthetic source with
-   exactly the planned group counts (:class:`PlannedGroups`).
+   flipped with p ½, keyed for the teacher cache). Its synthetic faces are either rendered by the synthetic source
+   with exactly the planned group counts (``procedural``: :class:`PlannedGroups`), or drawn from a fixed synthetic
+   set with groups as the real ones are (``files``, ``procedural_set``: :class:`FixedSyntheticSet`, e.g. DCFace
+   with an ethnicity mapping), keyed after the real set's keys so that the two never share one.
 
 A batch is its real images (in group order), then its synthetic ones. Feedback goes to the synthetic part only, as
-the slice of its own samples, so dynamic re-sampling and an adaptive balance learn from what they rendered. A
-re-sampled synthetic step re-renders the previous step's faces in their groups, so it keeps the previous step's plan
-too. The last plan, the synthetic part's state and the images each group has received (the composition the distill
-stage reports) are the source's state: a resumed run draws the batches an uninterrupted one would have.
+the slice of its own samples, so dynamic re-sampling and an adaptive balance learn from what they rendered; a fixed
+synthetic set learns nothing (its images are what they are). A re-sampled synthetic step re-renders the previous
+step's faces in their groups, so it keeps the previous step's plan too. The last plan, the synthetic part's state
+and the images each group has received (the composition the distill stage reports) are the source's state: a
+resumed run draws the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from factory.data.static import NO_KEY, draw_by_group, members_by_group
+from factory.data.static import NO_KEY, GroupedImages, draw_by_group, members_by_group
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import group_counts
 
@@ -37,6 +40,15 @@ if TYPE_CHECKING:
     from factory.data.sources import GroupBalancer, SourceContext
 
 STATE_KEYS = ("plan", "seen", "synthetic")
+
+
+def fixed_set_context(ctx: SourceContext) -> SourceContext:
+    """The context a fixed synthetic set is opened in: a split of its own.
+
+    A ``procedural_set`` as the synthetic part then renders identities the real part's stand-in (split
+    ``<split>-set``) never has, and its draws never repeat the real part's.
+    """
+    return dataclasses.replace(ctx, split=f"{ctx.split}-synthetic")
 
 
 def real_count(batch_size: int, real_share: float) -> int:
@@ -97,12 +109,63 @@ class PlannedGroups:
             raise ValueError(f"equal group parts have no state, got {sorted(state)}")
 
 
+class FixedSyntheticSet:
+    """A fixed synthetic set with groups as the synthetic part of a mix: drawn per group, exactly as the real part.
+
+    Each step draws the :class:`PlannedGroups` counts the mix set (equal parts: a fixed set has no adaptive
+    balance), uniform with replacement inside each group, each image flipped with p ½, from a generator of its own.
+    Every key is offset by ``key_offset`` (the real set's key count, ``2·len(real)``): real keys are ``2·index +
+    flip`` of the real set and synthetic ones of this set, and without the offset the teacher cache would serve the
+    real image ``i``'s embedding for synthetic image ``i``. Nothing is fed back (no re-sampling: the images are
+    fixed) and nothing is kept, so a step's batch is a function of the step alone.
+
+    Args:
+        images: the set (:meth:`grouped` of a ``files`` or ``procedural_set`` section).
+        group_names: the world's groups.
+        planned: where the mix sets each step's counts.
+        key_offset: added to every key.
+        ctx: the synthetic part's context (its own split: :func:`fixed_set_context`).
+    """
+
+    def __init__(
+        self,
+        images: GroupedImages,
+        group_names: list[str],
+        planned: PlannedGroups,
+        key_offset: int,
+        ctx: SourceContext,
+    ) -> None:
+        self.images, self.planned, self.key_offset, self.ctx = images, planned, key_offset, ctx
+        self.members = members_by_group(images, group_names)
+
+    def batch(self, step: int) -> dict[str, Any]:
+        """The planned count of every group's images, keyed after the real set's keys."""
+        gen = make_generator("real-synthetic-set", self.ctx.seed, self.ctx.split, step)
+        batch, _ = draw_by_group(self.images, self.members, self.planned.shares().long(), gen)
+        batch["keys"] = batch["keys"] + self.key_offset
+        return batch
+
+    def feedback(self, step: int, batch: dict[str, Any], per_sample: dict[str, Tensor]) -> None:
+        """A fixed set does not adapt."""
+        del step, batch, per_sample
+
+    def state_dict(self) -> dict[str, Any]:
+        """No state: the draws depend on the step alone."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore; a state with something in it belongs to another synthetic part."""
+        if state:
+            raise ValueError(f"a fixed synthetic set has no state, got {sorted(state)}")
+
+
 class RealSyntheticBatches:
     """Every group's part of a batch filled ``real_share`` from the real set's images of that group, the rest synthetic.
 
     Args:
         cfg: the ``real_synthetic`` section (``real`` opens with ``grouped(ctx)``, ``synthetic`` with
-            ``open_by_group(ctx)``; the recipe check refuses kinds that cannot).
+            ``open_by_group(ctx)`` where it renders faces, else with ``grouped(ctx)``; the recipe check refuses kinds
+            that can do neither).
         ctx: the stage's source context (label-free).
     """
 
@@ -121,16 +184,23 @@ class RealSyntheticBatches:
             )
         self.synthetic: Any = None
         self.planned = PlannedGroups(len(self.group_names))
-        if synthetic_total:
+        if synthetic_total and hasattr(cfg.synthetic, "open_by_group"):
             self.synthetic, self.planned = cfg.synthetic.open_by_group(
                 dataclasses.replace(ctx, batch_size=synthetic_total)
             )
+        elif synthetic_total:
+            part = fixed_set_context(dataclasses.replace(ctx, batch_size=synthetic_total))
+            images = cfg.synthetic.grouped(part)
+            self.synthetic = FixedSyntheticSet(images, self.group_names, self.planned, 2 * len(self.real), part)
         self._plan: Tensor | None = None  # (real, synthetic) per group of the last step: a re-sampled step keeps it
         self._synthetic_batch: dict[str, Any] | None = None
         self.seen = torch.zeros(len(self.group_names), 2, dtype=torch.long)  # real, synthetic images per group
 
     def batch(self, step: int) -> dict[str, Any]:
-        """The real images of every group, then the synthetic ones (``keys`` −1: never repeated)."""
+        """The real images of every group, then the synthetic ones.
+
+        Rendered synthetic faces are never repeated (``keys`` −1); a fixed synthetic set's keys follow the real set's.
+        """
         gen = make_generator("real-synthetic", self.ctx.seed, self.ctx.split, step)
         first = int(torch.randint(0, len(self.group_names), (1,), generator=gen))
         real, synthetic = plan_counts(self.planned.target_shares(), self.ctx.batch_size, self.real_total, first)
@@ -148,9 +218,8 @@ class RealSyntheticBatches:
                     f"step {step}: the synthetic part dealt {dealt.tolist()}, planned {synthetic.tolist()}"
                 )
             self._synthetic_batch = made
-            parts.append(
-                {"pixels": made["pixels"], "groups": made["groups"], "keys": torch.full_like(made["groups"], NO_KEY)}
-            )
+            keys = made["keys"] if "keys" in made else torch.full_like(made["groups"], NO_KEY)
+            parts.append({"pixels": made["pixels"], "groups": made["groups"], "keys": keys})
         self._plan = torch.stack([real, synthetic], dim=1)
         drawn, _ = draw_by_group(self.real, self.members, real, gen)
         parts.insert(0, drawn)

@@ -12,8 +12,9 @@ folder or list for teachers; a flat folder, list or pack for distillation), ``st
 generator, distillation only), ``mix`` (several sources, each filling its share of every batch) and
 ``real_synthetic`` (real and synthetic faces at one ratio inside every group: :mod:`factory.data.real_synthetic`).
 
-Batches of a static set (files, ``procedural_set``, a real/synthetic mix's real part) key every sample by image and
-flip (``keys``, :mod:`factory.data.static`), so the teacher's embedding of a repeated image is computed once.
+Batches of a static set (files, ``procedural_set``, a real/synthetic mix's real part and its fixed synthetic part)
+key every sample by image and flip (``keys``, :mod:`factory.data.static`), so the teacher's embedding of a repeated
+image is computed once.
 
 Files are decoded in the training process: the data benchmark measured decoding at thousands of images/s on two
 cores, far above what a student trains at, so workers would add complexity for nothing here.
@@ -33,7 +34,7 @@ import torch
 from factory.data.formats.folders import LabelledImages, read_image_folder, read_image_list
 from factory.data.formats.recordio import RecordIOReader
 from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat_folder
-from factory.data.real_synthetic import PlannedGroups, RealSyntheticBatches
+from factory.data.real_synthetic import PlannedGroups, RealSyntheticBatches, fixed_set_context
 from factory.data.resampling import DynamicResampling
 from factory.data.static import FileImages, RenderedSet, draw_by_group, keyed_batch, members_by_group
 from factory.data.world.renderer import ProceduralFaceWorld
@@ -166,8 +167,9 @@ class FilesSourceConfig:
 
     kind: str = "files"
     path: str | None = field(default=None, metadata={"path": True})
-    # identity,group lines: the groups of files without group folders or a group column (a RecordIO pack's
-    # identities are its labels), for the real part of a real/synthetic mix
+    # For either part of a real/synthetic mix, whose groups must be the world's. Files without group folders or a
+    # group column: identity,group lines (a RecordIO pack's identities are its labels). Files with groups of their
+    # own: <their group>,<world group> lines renaming them (BUPT's African,alpha ...).
     group_mapping: str | None = field(default=None, metadata={"path": True})
 
     def check(self, fail: Fail) -> None:
@@ -179,8 +181,8 @@ class FilesSourceConfig:
         """A live source over the files."""
         if self.group_mapping is not None:
             raise ValueError(
-                f"group_mapping {self.group_mapping} gives the real files of a real_synthetic source their groups; "
-                "a files source on its own does not use groups (remove it)"
+                f"group_mapping {self.group_mapping} gives the files of a real_synthetic source's part the world's "
+                "groups; a files source on its own does not use groups (remove it)"
             )
         return FileBatches(self.path, ctx)
 
@@ -302,8 +304,10 @@ class RealSyntheticSourceConfig:
     """Real and synthetic faces at one ratio inside every group (seed 000; the paper's best mix: 70 % real).
 
     ``real``: images with groups (``files`` with group folders, a group column or ``group_mapping``, or the
-    ``procedural_set`` stand-in); ``synthetic``: faces rendered in the groups asked for (``procedural``, static or
-    dynamic, equal or adaptive group balance). Every group's part of each batch is ``real_share`` real, the rest
+    ``procedural_set`` stand-in). ``synthetic``: faces rendered in the groups asked for (``procedural``, static or
+    dynamic, equal or adaptive group balance), or a fixed synthetic set with groups of the same kinds as ``real``
+    (the paper's DCFace or IDiff-Face images with an ethnicity ``group_mapping``), drawn per group as the real one,
+    keyed apart from it and with no feedback. Every group's part of each batch is ``real_share`` real, the rest
     synthetic (:mod:`factory.data.real_synthetic`); ``real_share: 1`` trains on the real images alone, group-balanced.
     """
 
@@ -316,7 +320,7 @@ class RealSyntheticSourceConfig:
     )
 
     def check(self, fail: Fail) -> None:
-        """The real part must be a fixed set with groups, the synthetic part faces rendered in given groups."""
+        """The real part must be a fixed set with groups; the synthetic part rendered in given groups, or one too."""
         if self.real is None:
             fail("real", f"missing (expected real images with groups, a source of kind: {_kinds_with('grouped')})")
         elif not hasattr(self.real, "grouped"):
@@ -325,11 +329,15 @@ class RealSyntheticSourceConfig:
                 f"got {self.real.kind!r}, which is no fixed set of images with groups (expected one of: "
                 f"{_kinds_with('grouped')})",
             )
-        if self.synthetic is not None and not hasattr(self.synthetic, "open_by_group"):
+        if self.synthetic is not None and not (
+            hasattr(self.synthetic, "open_by_group") or hasattr(self.synthetic, "grouped")
+        ):
             fail(
                 "synthetic.kind",
-                f"got {self.synthetic.kind!r}, whose faces cannot be rendered in the groups a batch needs (expected "
-                f"one of: {_kinds_with('open_by_group')}; kind mix shares the batch by one global ratio instead)",
+                f"got {self.synthetic.kind!r}, whose faces can neither be rendered in the groups a batch needs nor "
+                f"drawn from a fixed set with groups (expected one of: {_kinds_with('open_by_group')}, rendered per "
+                f"group; {_kinds_with('grouped')}, a fixed set with groups; kind mix shares the batch by one global "
+                "ratio instead)",
             )
 
     def open(self, ctx: SourceContext) -> Any:
@@ -344,7 +352,9 @@ class RealSyntheticSourceConfig:
         if self.real_share == 1:
             return f"real_synthetic 100/0 per group (real only): {real}"
         ratio = f"{self.real_share * 100:g}/{(1 - self.real_share) * 100:.3g}"
-        return f"real_synthetic {ratio} per group: {real} + synthetic {self.synthetic.describe(ctx)}"
+        rendered = hasattr(self.synthetic, "open_by_group")
+        synthetic = self.synthetic.describe(ctx if rendered else fixed_set_context(ctx))
+        return f"real_synthetic {ratio} per group: {real} + synthetic {synthetic}"
 
 
 class LabelledWorldBatches(StatelessSource):

@@ -4,8 +4,9 @@ A static set is what a real dataset is (:class:`FileImages`: a labelled folder, 
 procedural stand-in is (:class:`RenderedSet`: a fixed set of labelled identities of their own split, each with a
 fixed number of images, rendered once). Unlike online synthetic faces its images come back every epoch, so every
 sample of its batches carries a key, ``2·index + flip`` (int64, unique within the set), by which the teacher's
-embedding of it is computed once per run (:mod:`factory.distill.teacher_cache`). A sample that is never repeated
-(a fresh synthetic face) has the key :data:`NO_KEY`.
+embedding of it is computed once per run (:mod:`factory.distill.teacher_cache`); a batch that draws from two sets
+offsets the second set's keys past the first's (a real/synthetic mix's fixed synthetic part). A sample that is never
+repeated (a fresh synthetic face) has the key :data:`NO_KEY`.
 
 Flips are drawn by the batch from the step's generator, never inside a dataset's ``__getitem__`` (whose draws from
 the global generator no key could name). Groups are the world's group indices: a real set whose images have no
@@ -47,7 +48,7 @@ class StaticImages(Protocol):
 
 
 class GroupedImages(StaticImages, Protocol):
-    """A static set whose every image has a group of the world (what a real/synthetic mix draws its real part from).
+    """A static set whose every image has a group of the world (what a real/synthetic mix draws its parts from).
 
     Attributes:
         groups: the world group index of every image (int64).
@@ -104,16 +105,20 @@ def world_groups(names: list[str], group_names: list[str], where: str) -> Tensor
     if unknown:
         raise ValueError(
             f"{where}: group {', '.join(repr(n) for n in unknown)} is not one of the world's groups (expected "
-            f"{', '.join(group_names)}: name the folders or the list's groups after the taxonomy's)"
+            f"{', '.join(group_names)}: name the folders or the list's groups after the taxonomy's, or rename them "
+            "with group_mapping: <group>,<world group> lines)"
         )
     return torch.tensor([index[n] for n in names], dtype=torch.long)
 
 
 class FileImages:
-    """A real dataset with groups: a labelled folder (BUPT ``<group>/<identity>/``), a list or a RecordIO pack.
+    """A dataset with groups: a labelled folder (BUPT ``<group>/<identity>/``), a list or a RecordIO pack.
 
-    Groups come from the files (BUPT folders, a list's group column) or from ``group_mapping`` (``identity,group``
-    lines; a RecordIO pack's identities are its labels, written as numbers). Images are decoded when drawn.
+    Groups come from the files (BUPT folders, a list's group column) or from ``group_mapping``. For files without
+    groups of their own it gives each identity its group (``identity,group`` lines; a RecordIO pack's identities are
+    its labels, written as numbers); for files with them it renames those groups to the world's (``group,world
+    group`` lines, e.g. BUPT's ``African,alpha``: a real set's groups are named by its makers, the world's by its
+    taxonomy). Images are decoded when drawn.
     """
 
     def __init__(
@@ -136,19 +141,26 @@ class FileImages:
             identities, names = index.identities, index.groups
             self._dataset = LabelledImageDataset(index, size=size)
         if group_mapping is not None:
-            if any(n != NO_GROUP for n in names):
-                raise ValueError(
-                    f"{path}: has groups of its own (group folders or a group column), and group_mapping "
-                    f"{group_mapping} would replace them (expected one of the two: remove group_mapping)"
-                )
             mapping = read_group_mapping(group_mapping)
-            missing = sorted({i for i in identities if i not in mapping})
-            if missing:
-                raise ValueError(
-                    f"{path}: {len(missing)} identities have no group in {group_mapping}, e.g. {missing[:3]} "
-                    "(expected an identity,group line for every identity)"
-                )
-            names = [mapping[i] for i in identities]
+            own = sorted({n for n in names if n != NO_GROUP})
+            if own:
+                unnamed = [n for n in own if n not in mapping]
+                if unnamed:
+                    raise ValueError(
+                        f"{path}: its group {', '.join(repr(n) for n in unnamed)} has no line in {group_mapping} "
+                        "(files with groups of their own have them renamed by group_mapping: expected a "
+                        f"<group>,<world group> line for each of {', '.join(own)})"
+                    )
+                # Images without a group stay without one: world_groups refuses them with its own message.
+                names = [n if n == NO_GROUP else mapping[n] for n in names]
+            else:
+                missing = sorted({i for i in identities if i not in mapping})
+                if missing:
+                    raise ValueError(
+                        f"{path}: {len(missing)} identities have no group in {group_mapping}, e.g. {missing[:3]} "
+                        "(expected an identity,group line for every identity)"
+                    )
+                names = [mapping[i] for i in identities]
         self.groups = world_groups(names, group_names, str(path))
 
     def __len__(self) -> int:

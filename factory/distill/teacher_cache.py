@@ -1,11 +1,13 @@
 """The frozen teacher's embeddings of a batch, each sample of a static dataset computed once per run.
 
 A label-free KD task needs the teacher's embedding of every image it trains on. Online synthetic faces never come
-back, but a static dataset (files, a ``procedural_set``, a real/synthetic mix's real part) is drawn again every
-epoch, and with a frozen teacher in eval mode its embedding of an image never changes. Such batches carry ``keys``
-(int64 per sample: ``2·image + flip``, −1 for a sample that is never repeated; :mod:`factory.data.static`), and
-:class:`TeacherEmbeddings` keeps the embedding of every key it has computed, up to ``capacity_mb`` (later keys are
-computed every time; nothing is evicted, so what is cached never depends on the order of draws).
+back, but a static dataset (files, a ``procedural_set``, a real/synthetic mix's real part and fixed synthetic part)
+is drawn again every epoch, and with a frozen teacher in eval mode its embedding of an image never changes. Such
+batches carry ``keys`` (int64 per sample: ``2·image + flip``, offset past the first set's keys for a mix's second
+set, so a key names one image of the batch's source; −1 for a sample that is never repeated;
+:mod:`factory.data.static`), and :class:`TeacherEmbeddings` keeps the embedding of every key it has computed, up
+to ``capacity_mb`` (later keys are computed every time; nothing is evicted, so what is cached never depends on the
+order of draws).
 
 The cache never changes a result. A CPU forward does not give an image the same bits in batches of different sizes
 (oneDNN and MKL choose kernels and blockings by shape: iresnet_nano's embeddings of one image differ by about 1e-6
