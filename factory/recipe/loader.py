@@ -338,7 +338,7 @@ class _Validator:
         base = Path.cwd() if file.startswith(SET) else Path(file).parent
         path = (base / value).resolve()
         if not path.exists():
-            self.fail(dotted, f"{path} does not exist (expected an existing file)", typed=True, asset=True)
+            self.fail(dotted, f"{path} does not exist (expected an existing file or folder)", typed=True, asset=True)
         return str(path)
 
     def check_name(self, dotted: str, family: str, name: str) -> None:
