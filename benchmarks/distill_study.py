@@ -171,7 +171,7 @@ def plot(figures: dict[str, dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("verification accuracy, % (95 % interval)")
     low = min(100 * figures[a]["groups"][g]["ci"][0] for a in arms for g in groups)
     ax.set_ylim(max(0.0, low - 5), 100)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     ax.set_title("Distillation study: per-group accuracy at one compute budget")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
