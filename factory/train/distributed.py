@@ -111,7 +111,7 @@ class World:
             states: name -> a state dict (the model's, the task's, the source's), compared by digest.
 
         Raises:
-            RuntimeError: naming each state that differs from rank 0's.
+            RuntimeError: naming each state that is not the same on every rank.
         """
         if self.size == 1:
             return
