@@ -39,6 +39,11 @@ SET_HELP = "Override a recipe value, e.g. --set distill.train.steps=200 (repeata
 THREADS = click.IntRange(1, usable_cpus())
 RUNTIME_THREADS = min(2, usable_cpus())
 BATCH = click.IntRange(1, 4096)
+NPROC = click.IntRange(1)
+NPROC_HELP = (
+    "Train the teacher and the student with N processes (DDP under torchrun, each on a slice of every batch): at "
+    "most one per CPU, or per GPU with train.device cuda. A run on N processes is cached apart from one on 1."
+)
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,6 +141,7 @@ def main() -> None:
 @click.option("--until", metavar="STAGE", help="Stop after this stage.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on when stderr is a terminal).")
 @click.option("--wait", is_flag=True, help="If another build holds this run directory, wait for it instead of exiting.")
+@click.option("--nproc", default=1, show_default=True, type=NPROC, help=NPROC_HELP)
 @_friendly
 def build(
     recipe: Path,
@@ -144,6 +150,7 @@ def build(
     until: str | None,
     progress: bool | None,
     wait: bool,
+    nproc: int,
 ) -> None:
     """Run RECIPE end to end; print one line per stage, the gate table and, last, the release directory.
 
@@ -160,7 +167,7 @@ def build(
     _warn_benchmark(parsed)
     show = sys.stderr.isatty() if progress is None else progress
     try:
-        result = run_build(parsed, force=force, until=until, progress=show, wait=wait)
+        result = run_build(parsed, force=force, until=until, progress=show, wait=wait, nproc=nproc)
     except GateFailure as failure:
         if failure.validation is not None:
             _echo_validation(failure.validation)
@@ -196,8 +203,11 @@ def _echo_validation(metrics: dict[str, Any]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--wait", is_flag=True, help="If a build holds the run directory, wait for it instead of exiting.")
+@click.option(
+    "--nproc", default=1, show_default=True, type=NPROC, help="Keep the training stages of builds with this --nproc."
+)
 @_friendly
-def clean(recipe: Path, overrides: tuple[str, ...], dry_run: bool, wait: bool) -> None:
+def clean(recipe: Path, overrides: tuple[str, ...], dry_run: bool, wait: bool, nproc: int) -> None:
     """Free the space RECIPE's run directory spends on things its next build would not use.
 
     Removes stage results and .partial folders of other settings (older recipes, other --set values), folders of
@@ -206,7 +216,7 @@ def clean(recipe: Path, overrides: tuple[str, ...], dry_run: bool, wait: bool) -
     """
     from factory.pipeline.clean import clean as run_clean
 
-    result = run_clean(load_recipe(recipe, list(overrides)), dry_run=dry_run, wait=wait)
+    result = run_clean(load_recipe(recipe, list(overrides)), dry_run=dry_run, wait=wait, nproc=nproc)
     for path in result.removed:
         click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
     verb = "would free" if dry_run else "freed"

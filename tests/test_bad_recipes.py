@@ -706,7 +706,7 @@ def test_type_range_and_set_problems_come_together(tmp_path: Path, monkeypatch: 
         "--set gates.max_std=2: gates.max_std: got 2.0 (expected a number in [0, 1])",
         "--set distill.train.stepz=3: distill.train.stepz: unknown key (did you mean 'steps'? expected one of: steps, "
         "batch_size, optimizer, lr, weight_decay, momentum, nesterov, warmup_steps, schedule, step_every, milestones, "
-        "gamma, grad_clip_norm, checkpoint_every, channels_last, tensorboard)",
+        "gamma, grad_clip_norm, checkpoint_every, channels_last, tensorboard, device, amp)",
     ]
 
 

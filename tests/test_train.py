@@ -1,6 +1,7 @@
 """The shared training loop: exact resume (task, source and RNG state, through SIGKILL), schedules, clipping, logs."""
 
 import dataclasses
+import math
 import os
 import shutil
 import signal
@@ -12,10 +13,11 @@ from types import ModuleType
 
 import pytest
 import torch
+from helpers import DEMO_RECIPE
 from train_toys import DriftingSource, Interrupted, NoisyTask, QueueTask, TinyNet, train
 
 from factory.pipeline.stage import LOG_DIRS
-from factory.recipe import TrainConfig
+from factory.recipe import RecipeError, TrainConfig, load_recipe
 from factory.train import loop
 from factory.train.loop import RESUME_FILE, NonFiniteLoss, fit
 from factory.train.optim import build_optimizer, lr_factor
@@ -271,3 +273,89 @@ def test_a_resume_with_other_training_settings_is_refused_with_the_difference(tm
         TinyNet(), QueueTask(), DriftingSource(), dataclasses.replace(cfg, checkpoint_every=3), tmp_path, progress=False
     )
     assert resumed.resumed_from == 2
+
+
+class AutocastProbe(QueueTask):
+    """QueueTask that records whether its forward pass ran under CPU autocast, and in which dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[bool, torch.dtype]] = set()
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> TaskOutput:
+        self.seen.add((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return super().__call__(model, batch)
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path: Path) -> None:
+    model, task = TinyNet(), AutocastProbe()
+    cfg = TrainConfig(steps=30, batch_size=8, optimizer="sgd", lr=0.05, amp="bf16", checkpoint_every=10)
+    cfg.tensorboard = False
+    result = fit(model, task, DriftingSource(), cfg, tmp_path, progress=False, log_every=1)
+    assert task.seen == {(True, torch.bfloat16)}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast casts ops, never the weights
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_fp16_is_refused_on_the_cpu(tmp_path: Path) -> None:
+    # A recipe with it fails `factory check` (below); fit refuses it too, e.g. when device auto finds no GPU.
+    cfg = TrainConfig(steps=2, batch_size=8, amp="fp16", device="cpu", tensorboard=False)
+    with pytest.raises(ValueError, match="train: train.amp is 'fp16', which runs on cuda only.*use train.amp bf16"):
+        fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
+    with pytest.raises(RecipeError, match=r"distill\.train\.amp: fp16 with device 'cpu' \(expected bf16 or none"):
+        load_recipe(DEMO_RECIPE, ["distill.train.amp=fp16"])
+
+
+def test_cuda_without_a_cuda_device_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TrainConfig(steps=2, batch_size=8, device="cuda", tensorboard=False)
+    with pytest.raises(ValueError, match="distill: train.device is 'cuda', and this machine has no CUDA device"):
+        fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, "distill", progress=False)
+    assert not (tmp_path / RESUME_FILE).exists()
+    auto = dataclasses.replace(cfg, device="auto")
+    model = TinyNet()
+    assert fit(model, QueueTask(), DriftingSource(), auto, tmp_path, progress=False).steps == 2
+    assert next(model.parameters()).device.type == "cpu"  # auto trains on the CPU when there is no GPU
+
+
+def test_a_resume_with_another_amp_is_refused(tmp_path: Path) -> None:
+    cfg = TrainConfig(steps=6, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=2, tensorboard=False)
+    with pytest.raises(Interrupted):
+        fit(TinyNet(), QueueTask(), DriftingSource(stop_at=3), cfg, tmp_path, progress=False)
+    bf16 = dataclasses.replace(cfg, amp="bf16")
+    with pytest.raises(ValueError, match=r"other training settings \(amp: 'none' -> 'bf16'\).*delete it to start"):
+        fit(TinyNet(), QueueTask(), DriftingSource(), bf16, tmp_path, progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_on_cuda(tmp_path: Path, amp: str) -> None:
+    from distill_toys import Slow, Stopped, TinyFaceNet
+
+    from factory.data.sources import ProceduralSourceConfig, SourceContext
+    from factory.data.world.renderer import ProceduralFaceWorld
+    from factory.distill.methods import MethodContext
+    from factory.distill.methods.qud import QUD
+
+    def run(stop_at: int | None = None) -> tuple[torch.nn.Module, loop.FitResult]:
+        torch.manual_seed(0)
+        teacher, student = TinyFaceNet(), TinyFaceNet()
+        where = SourceContext(ProceduralFaceWorld(), batch_size=8, seed=0, split="distill", labelled=False)
+        source = Slow(ProceduralSourceConfig(sampling="dynamic").open(where), 0.0, stop_at)
+        task = QUD(queue_size=16).build(MethodContext(teacher=teacher, student=student, seed=0))
+        cfg = TrainConfig(steps=8, batch_size=8, optimizer="sgd", lr=0.05, checkpoint_every=4, device="cuda", amp=amp)
+        cfg.tensorboard = False
+        return student, fit(student, task, source, cfg, tmp_path, progress=False, log_every=1)
+
+    with pytest.raises(Stopped):
+        run(stop_at=6)
+    saved = torch.load(tmp_path / RESUME_FILE, weights_only=True)
+    # fp16's loss scale is part of the run: a resume continues with it (a disabled bf16 scaler saves nothing).
+    assert ("scale" in saved["scaler"]) == (amp == "fp16")
+    student, result = run()
+    assert result.resumed_from == 4
+    assert next(student.parameters()).device.type == "cuda"
+    assert all(math.isfinite(h["loss"]) for h in result.history)

@@ -24,6 +24,7 @@ from factory.models.external import load_teacher
 from factory.models.zoo import count_params, create_model
 from factory.pipeline.stage import Stage, StageContext, StageResult
 from factory.runtime.artifacts import Artifact
+from factory.train.distributed import current_world, processes_note
 from factory.train.loop import clear_resume, fit
 
 STUDENT_FILE = "student.pt"
@@ -58,8 +59,9 @@ def distill_student(ctx: StageContext) -> StageResult:
     )
     task = cfg.method.build(method_ctx)
     result = fit(student, task, source, cfg.train, ctx.work_dir, "distill", ctx.progress)
-    save_model(ctx.work_dir / STUDENT_FILE, student, extra={"teacher": teacher.model_name, "steps": result.steps})
-    clear_resume(ctx.work_dir)
+    if current_world().main:  # under DDP every rank holds the same weights; one writes them
+        save_model(ctx.work_dir / STUDENT_FILE, student, extra={"teacher": teacher.model_name, "steps": result.steps})
+        clear_resume(ctx.work_dir)
     metrics = {
         "student": cfg.student,
         "teacher": teacher.model_name,
@@ -69,6 +71,7 @@ def distill_student(ctx: StageContext) -> StageResult:
         "steps": result.steps,
         "resumed_from": result.resumed_from,
         "images_per_second": result.images_per_second,
+        "world_size": result.world_size,
         "final": result.final_terms,
         "history": result.history,
     }
@@ -107,7 +110,7 @@ def _summary(m: dict[str, Any]) -> str:
     origin = "from scratch on identity labels" if "acc" in final else f"from {m['teacher']}"
     return (
         f"{m['student']} ({m['params'] / 1e6:.2f} M params) {origin}, {m['steps']} steps, "
-        f"{fit_note}, {m['images_per_second']:.0f} img/s"
+        f"{fit_note}, {m['images_per_second']:.0f} img/s{processes_note(m.get('world_size', 1))}"
     )
 
 
@@ -116,5 +119,6 @@ STAGE = Stage(
     needs=("teacher",),
     config=lambda r: {"distill": r.distill, "world": r.data.world, "seed": r.seed},
     run=distill_student,
+    training=lambda c: c["distill"].train,
     summary=_summary,
 )

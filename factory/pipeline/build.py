@@ -9,7 +9,8 @@ The pipeline's rules live here, once: a stage that ``publishes`` becomes ``<run_
 replaced symlink) when it finishes, and only then is ``<run_dir>/recipe.resolved.yaml`` rewritten. A failed gate
 leaves both alone, so ``release`` keeps naming the last bundle that passed its gates, and records the failure
 beside it in ``<run_dir>/release.failed.json`` (gates, values, limits and the recipe that failed). One build runs
-per run directory at a time (:mod:`factory.pipeline.lock`).
+per run directory at a time (:mod:`factory.pipeline.lock`). With ``nproc`` above 1 a stage that trains runs as that
+many DDP processes under torchrun (:mod:`factory.pipeline.launch`); the build itself stays one process.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from pathlib import Path
 
 from factory.files import read_json, sha256_tree, write_json, write_text
 from factory.pipeline.cache import stage_key, stage_material
+from factory.pipeline.launch import launch_stage
 from factory.pipeline.lock import run_dir_lock
 from factory.pipeline.stage import STAGE_FILE, GateFailure, Stage, StageContext, StageOutput
 from factory.recipe import Recipe
 from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
+from factory.train.distributed import check_processes
 
 FAILED_FILE = "release.failed.json"
 
@@ -54,6 +57,7 @@ def build(
     progress: bool = True,
     stages: Sequence[Stage] | None = None,
     wait: bool = False,
+    nproc: int = 1,
 ) -> BuildResult:
     """Run every stage of ``recipe`` (or up to ``until``), reusing cached stages.
 
@@ -65,12 +69,16 @@ def build(
         progress: show progress bars.
         stages: the stage list (default: :data:`factory.pipeline.stages.STAGES`).
         wait: if another process is building the same run directory, wait for it instead of raising.
+        nproc: processes each training stage runs on (DDP under torchrun when above 1; see
+            :mod:`factory.pipeline.launch`). The other stages run in this process either way.
 
     Returns:
         The stage outputs and, when a publishing stage ran, the published release directory.
 
     Raises:
         UnknownNameError: a name in ``force``/``until`` is not a stage.
+        ValueError: ``nproc`` more than a training stage's device has, or a batch it cannot split (before any
+            stage runs).
         RunDirBusy: another process is building this run directory (and ``wait`` is false).
         GateFailure: a release gate failed; ``<run_dir>/release`` still names the last bundle that passed
             (``failure.kept_release``, None if there is none) and ``failure.record`` holds the failure.
@@ -79,6 +87,9 @@ def build(
     for name in (*force, *([until] if until is not None else [])):
         by_name.get(name)
     names = order[: order.index(until) + 1] if until is not None else order
+    picked = [by_name.get(name) for name in names]
+    trainings = {s.name: cfg for s in picked if (cfg := s.trains(s.config(recipe))) is not None}
+    check_processes(nproc, trainings)  # before anything runs: a refused --nproc must not cost a data stage first
     run_dir = run_dir_for(recipe)
     result = BuildResult(run_dir=run_dir)
     with run_dir_lock(run_dir, wait=wait, echo=echo):
@@ -86,7 +97,7 @@ def build(
             stage = by_name.get(name)
             inputs = {need: result.stages[need] for need in stage.needs}
             try:
-                out = _run_stage(stage, recipe, run_dir, inputs, name in force, echo, progress)
+                out = _run_stage(stage, recipe, run_dir, inputs, name in force, echo, progress, nproc)
             except GateFailure as failure:
                 _record_failure(run_dir, recipe, failure)
                 raise
@@ -119,8 +130,9 @@ def _run_stage(
     force: bool,
     echo: Callable[[str], None],
     progress: bool,
+    nproc: int = 1,
 ) -> StageOutput:
-    material = stage_material(stage, recipe, inputs)
+    material = stage_material(stage, recipe, inputs, nproc)
     key = stage_key(material)
     final = run_dir / "stages" / stage.name / key
     partial = final.with_name(key + ".partial")
@@ -137,7 +149,10 @@ def _run_stage(
         config=stage.config(recipe), work_dir=partial, inputs=inputs, recipe=recipe, echo=echo, progress=progress
     )
     try:
-        made = stage.run(ctx)
+        if nproc > 1 and stage.trains(ctx.config) is not None:
+            made = launch_stage(stage, ctx, nproc, key)
+        else:
+            made = stage.run(ctx)
     except GateFailure:
         shutil.rmtree(partial, ignore_errors=True)  # nothing of a refused release is kept
         raise

@@ -78,10 +78,14 @@ def output_digest(out: StageOutput) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def stage_material(stage: Stage, recipe: Recipe, inputs: dict[str, StageOutput]) -> dict[str, Any]:
-    """Everything a stage's key covers, as plain data (recorded in ``stage.json`` too)."""
+def stage_material(stage: Stage, recipe: Recipe, inputs: dict[str, StageOutput], nproc: int = 1) -> dict[str, Any]:
+    """Everything a stage's key covers, as plain data (recorded in ``stage.json`` too).
+
+    ``nproc`` (``factory build --nproc``) enters the key of a stage that trains, when it is above 1: its BatchNorm
+    layers normalise each process's slice of the batch, so N processes train another model than one does.
+    """
     config = stage.config(recipe)
-    return {
+    material = {
         "stage": stage.name,
         "config": json.loads(json.dumps(config, sort_keys=True, default=json_default)),
         # Editing a file the recipe names re-runs the stages that read it, though the recipe text is unchanged.
@@ -89,6 +93,9 @@ def stage_material(stage: Stage, recipe: Recipe, inputs: dict[str, StageOutput])
         "inputs": {name: output_digest(out) for name, out in sorted(inputs.items())},
         "code": code_version(),
     }
+    if nproc > 1 and stage.trains(config) is not None:
+        material["world_size"] = nproc
+    return material
 
 
 def stage_key(material: dict[str, Any]) -> str:

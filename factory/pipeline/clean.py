@@ -30,10 +30,11 @@ class CleanResult:
     freed_bytes: int = 0
 
 
-def reachable_keys(recipe: Recipe, stages: Sequence[Stage] | None = None) -> dict[str, str]:
+def reachable_keys(recipe: Recipe, stages: Sequence[Stage] | None = None, nproc: int = 1) -> dict[str, str]:
     """Stage name -> the cache key the next build of ``recipe`` would use, for each stage whose inputs are built.
 
-    A stage whose upstream is not finished has no computable key (it depends on the upstream's output): none of its
+    The next build is one with ``--nproc nproc`` (a training stage's key includes its number of processes). A stage
+    whose upstream is not finished has no computable key (it depends on the upstream's output): none of its
     directories can be the ones the next build uses.
     """
     by_name, order = stage_registry(stages)
@@ -44,7 +45,7 @@ def reachable_keys(recipe: Recipe, stages: Sequence[Stage] | None = None) -> dic
         stage = by_name.get(name)
         if any(need not in outputs for need in stage.needs):
             continue
-        key = stage_key(stage_material(stage, recipe, {need: outputs[need] for need in stage.needs}))
+        key = stage_key(stage_material(stage, recipe, {need: outputs[need] for need in stage.needs}, nproc))
         keys[name] = key
         cached = cached_output(name, key, stages_dir / name / key)
         if cached is not None:
@@ -53,9 +54,12 @@ def reachable_keys(recipe: Recipe, stages: Sequence[Stage] | None = None) -> dic
 
 
 def clean(
-    recipe: Recipe, stages: Sequence[Stage] | None = None, dry_run: bool = False, wait: bool = False
+    recipe: Recipe, stages: Sequence[Stage] | None = None, dry_run: bool = False, wait: bool = False, nproc: int = 1
 ) -> CleanResult:
     """Remove (or with ``dry_run`` only list) what ``recipe``'s run directory holds that its next build would not use.
+
+    The next build is one with ``--nproc nproc``: training stages trained on another number of processes have other
+    keys, and are removed.
 
     Raises:
         RunDirBusy: a build of this run directory is running (and ``wait`` is false).
@@ -65,7 +69,7 @@ def clean(
     if not run_dir.is_dir():
         return result
     with run_dir_lock(run_dir, wait=wait, echo=lambda line: None):
-        keys = reachable_keys(recipe, stages)
+        keys = reachable_keys(recipe, stages, nproc)
         known = set(stage_registry(stages)[1])
         release = current_release(run_dir)
         doomed: list[Path] = []

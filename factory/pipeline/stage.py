@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory.recipe import Recipe
+from factory.recipe import Recipe, TrainConfig
 from factory.registry import UnknownNameError
 from factory.runtime.artifacts import Artifact, open_runner
 from factory.runtime.runners import Runner
@@ -118,6 +118,13 @@ class Stage:
     run: Callable[[StageContext], StageResult]
     summary: Callable[[dict[str, Any]], str] = lambda m: ""
     publishes: bool = False  # its directory is the build's release: pointed at by ``<run_dir>/release``
+    # Given its config, the settings it runs the training loop with (None: it does not train this time): such a stage
+    # runs as ``--nproc`` DDP processes under torchrun (:mod:`factory.pipeline.launch`).
+    training: Callable[[dict[str, Any]], TrainConfig | None] | None = None
+
+    def trains(self, config: dict[str, Any]) -> TrainConfig | None:
+        """The training settings of this stage with ``config``, or None when it does not run the training loop."""
+        return None if self.training is None else self.training(config)
 
 
 class GateFailure(RuntimeError):

@@ -191,6 +191,12 @@ class TrainConfig:
     # loss terms, lr and throughput as TensorBoard scalars under the stage's work_dir/tensorboard/<stage> (needs the
     # tensorboard package; without it the build says so once and trains on)
     tensorboard: bool = True
+    # Where the loop trains: cpu (the default: a build reproduces on any machine), cuda (refused when the machine has
+    # none), or auto (cuda when there is one). `factory build --nproc N` trains with N processes on it (DDP).
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # Mixed precision of the forward pass (torch.autocast): none (fp32), bf16 (CPU or GPU) or fp16 (GPU only, with
+    # loss scaling). The backward pass and the optimiser step stay in fp32 weights either way.
+    amp: Literal["none", "bf16", "fp16"] = "none"
 
     def check(self, fail: Callable[[str, str], None]) -> None:
         """Settings that only mean something together: a schedule and its keys, Nesterov and its momentum.
@@ -220,6 +226,9 @@ class TrainConfig:
                 f"got {self.gamma!r} with schedule {self.schedule!r} (expected null, or schedule 'step' or "
                 "'multistep')",
             )
+        if self.amp == "fp16" and self.device == "cpu":
+            # The CPU's half precision is bf16: fp32's range (no loss scaling), and few CPU kernels run fp16 fast.
+            fail("amp", "fp16 with device 'cpu' (expected bf16 or none on the CPU, or device 'cuda' / 'auto')")
         if self.nesterov and self.optimizer != "sgd":
             fail("nesterov", f"true with optimizer {self.optimizer!r} (expected false, or optimizer 'sgd')")
         elif self.nesterov and self.momentum == 0:

@@ -6,6 +6,9 @@ deterministic function of the step and of the source's saved state, so a run res
 sees exactly the batches an uninterrupted run would have seen; the checkpoint holds the model, the task's and the
 source's state, the optimiser, the schedule and the global random generators (torch's, CUDA's, Python's and
 numpy's), which tasks draw from for dropout or a per-sample margin.
+
+It trains on ``train.device`` in ``train.amp``'s precision (:mod:`factory.train.device`), and under torchrun as one
+rank of a data-parallel run (:mod:`factory.train.distributed`): with one process those are the identity.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from factory.data.sources import Source
 from factory.files import atomic_path
 from factory.models.checkpoint import read_checkpoint
 from factory.recipe import TrainConfig
+from factory.train.device import precision_for, resolve_device
+from factory.train.distributed import current_world, gather_per_sample
 from factory.train.optim import build_optimizer, build_scheduler
 from factory.train.task import Task
 
@@ -49,6 +54,7 @@ class FitResult:
     # which some may be hidden behind the device's.
     data_seconds: float = 0.0
     compute_seconds: float = 0.0
+    world_size: int = 1  # training processes (DDP ranks); images_per_second counts all of theirs
 
 
 class NonFiniteLoss(ValueError):
@@ -67,30 +73,38 @@ def fit(
     label: str = "train",
     progress: bool = True,
     log_every: int = 50,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> FitResult:
     """Train ``model`` for ``cfg.steps`` steps, checkpointing to ``work_dir/resume.pt`` and resuming from it.
 
+    In a process group started by torchrun (``factory build --nproc N``) this is one rank of a DDP run: it trains on
+    its slice of each step's batch and only rank 0 writes (see :mod:`factory.train.distributed`).
+
     Args:
-        model: the network being trained (moved to ``device``, and to channels_last when ``cfg.channels_last``).
+        model: the network being trained (moved to the device, and to channels_last when ``cfg.channels_last``).
         task: loss computation; its own parameters (e.g. a margin head) are trained too.
         source: ``source.batch(step)`` gives the batch of that step, with at least ``"pixels"`` (uint8 N×3×H×W).
-        cfg: steps, batch size, optimiser, schedule, gradient clipping, checkpoint cadence and TensorBoard logging.
+        cfg: steps, batch size, optimiser, schedule, gradient clipping, checkpoint cadence, TensorBoard logging,
+            the device (``cfg.device``) and the mixed precision (``cfg.amp``).
         work_dir: where the resumable checkpoint lives, and the TensorBoard log under ``tensorboard/<label>``.
         label: name on the progress bar and of the TensorBoard run.
         progress: show a progress bar.
         log_every: how often to record loss terms into the history (and TensorBoard).
-        device: where the model, the task and each batch's tensors go.
+        device: where the model, the task and each batch's tensors go; None: ``cfg.device`` (under DDP, this rank's
+            GPU when it is cuda).
 
     Returns:
-        Steps run, where it resumed, throughput, the step time split and the loss history.
+        Steps run, where it resumed, throughput, the step time split, the loss history and the number of processes.
 
     Raises:
         NonFiniteLoss: the loss, or the gradient norm when clipping, is NaN or infinite.
+        ValueError: ``train.device`` cuda without CUDA, or ``train.amp`` the device cannot run.
     """
     from tqdm import tqdm
 
-    device = torch.device(device)
+    world = current_world()
+    device = resolve_device(cfg.device if device is None else device, world.local_rank, label)
+    precision = precision_for(cfg.amp, device, label)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -98,9 +112,10 @@ def fit(
     params = list(model.parameters()) + list(task.parameters())
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg)
+    scaler = precision.scaler(device)
     resume = work_dir / RESUME_FILE
     start, history = 0, []
-    if resume.is_file():
+    if resume.is_file():  # every rank resumes from the one checkpoint rank 0 wrote
         try:
             state = read_checkpoint(resume, map_location=device)
         except ValueError as e:  # damaged by something outside the factory: it writes resume.pt atomically
@@ -111,38 +126,49 @@ def fit(
         source.load_state_dict(state["source"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state.get("scaler", {}))  # {} from a disabled scaler, or a checkpoint before amp
         start, history = int(state["step"]), list(state["history"])
         if "rng" in state:  # absent from a checkpoint written before the loop saved the generators
             restore_rng(state["rng"])
+    replica = world.replicate(model, device)  # after the resume: DDP starts every rank from rank 0's weights
     model.train()
     seen, t0, terms = 0, time.perf_counter(), {}
     data_time = compute_time = 0.0
-    writer = _tensorboard_writer(cfg, work_dir / TENSORBOARD_DIR / label, start)
+    writer = _tensorboard_writer(cfg, work_dir / TENSORBOARD_DIR / label, start) if world.main else None
     window = _Window(time.perf_counter())
-    bar = tqdm(total=cfg.steps, initial=start, desc=label, disable=not progress, unit="step", dynamic_ncols=True)
+    shown = progress and world.main
+    bar = tqdm(total=cfg.steps, initial=start, desc=label, disable=not shown, unit="step", dynamic_ncols=True)
     try:
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
             batch = source.batch(step)
             t_data = time.perf_counter()
-            batch = _to_device(batch, device)
-            out = task(model, batch)
-            loss = out.loss.item()
+            with precision.autocast(device):  # the forward pass and the loss; backward runs outside, as torch advises
+                out = task(replica, _to_device(world.shard(batch), device))
+            # The mean over ranks: what is logged, and every rank stops on a NaN at the same step (one rank stopping
+            # alone would leave the others waiting in the next all-reduce).
+            terms = world.mean({"loss": out.loss.item(), **out.terms}, device)
+            loss = terms["loss"]
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"{label}: loss is {loss} at step {step}; lower the lr in the recipe")
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            terms = {"loss": loss, **out.terms}
+            scaler.scale(out.loss).backward()
+            world.average_gradients(task.parameters())  # DDP averaged the model's
             if cfg.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm).item()
-                # Clipping a NaN or infinite norm would write NaN (or zeros) into every weight without a word.
-                if not math.isfinite(norm):
+                if math.isfinite(norm):
+                    terms["grad_norm"] = norm
+                # Clipping a NaN or infinite norm would write NaN (or zeros) into every weight without a word; with
+                # fp16 an overflow is the loss scale's to handle (the scaler skips that step and lowers the scale).
+                elif not scaler.is_enabled():
                     raise NonFiniteLoss(f"{label}: gradient norm is {norm} at step {step}; lower the lr in the recipe")
-                terms["grad_norm"] = norm
             lr = scheduler.get_last_lr()[0]  # the lr of this step (scheduler.step() moves on to the next one's)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
-            source.feedback(step, batch, out.per_sample)
+            # The whole batch's per-sample values: every rank's source then adapts to the same feedback.
+            source.feedback(step, batch, gather_per_sample(out.per_sample))
             images = batch["pixels"].shape[0]
             t_end = time.perf_counter()
             data_time += t_data - t_step
@@ -156,13 +182,14 @@ def fit(
             bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
             bar.update(1)
             done = step + 1
-            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            if done % cfg.checkpoint_every == 0 and done < cfg.steps and world.main:
                 state = {
                     "model": model.state_dict(),
                     "task": task.state_dict(),
                     "source": source.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "rng": rng_state(),
                     "step": done,
                     "history": history,
@@ -176,6 +203,8 @@ def fit(
         bar.close()
         if writer is not None:
             writer.close()
+    world.sync_buffers(model)
+    world.check_replicas(label, model=model.state_dict(), task=task.state_dict(), source=source.state_dict())
     seconds = time.perf_counter() - t0
     ran = cfg.steps - start
     model.eval()
@@ -188,6 +217,7 @@ def fit(
         history=history,
         data_seconds=data_time / ran if ran > 0 else 0.0,
         compute_seconds=compute_time / ran if ran > 0 else 0.0,
+        world_size=world.size,
     )
 
 

@@ -22,6 +22,7 @@ from factory.models.heads import create_head
 from factory.models.zoo import count_params, create_model
 from factory.pipeline.stage import Stage, StageContext, StageResult
 from factory.runtime.artifacts import Artifact
+from factory.train.distributed import current_world, processes_note
 from factory.train.loop import clear_resume, fit
 from factory.train.tasks import TASKS
 
@@ -57,12 +58,13 @@ def train_teacher(ctx: StageContext) -> StageResult:
     task = TASKS.get("margin_classification")(head)
     result = fit(model, task, source, cfg.train, ctx.work_dir, "teacher", ctx.progress)
     data = cfg.source.describe(where)
-    save_model(
-        ctx.work_dir / TEACHER_FILE,
-        model,
-        extra={"identities": source.num_classes, "data": data, "steps": result.steps},
-    )
-    clear_resume(ctx.work_dir)
+    if current_world().main:  # under DDP every rank holds the same weights; one writes them
+        save_model(
+            ctx.work_dir / TEACHER_FILE,
+            model,
+            extra={"identities": source.num_classes, "data": data, "steps": result.steps},
+        )
+        clear_resume(ctx.work_dir)
     metrics = {
         "model": cfg.model,
         "params": count_params(model),
@@ -71,6 +73,7 @@ def train_teacher(ctx: StageContext) -> StageResult:
         "steps": result.steps,
         "resumed_from": result.resumed_from,
         "images_per_second": result.images_per_second,
+        "world_size": result.world_size,
         "final": result.final_terms,
         "history": result.history,
     }
@@ -106,6 +109,7 @@ def _summary(m: dict[str, Any]) -> str:
     return (
         f"{m['model']} ({m['params'] / 1e6:.2f} M params), {m['steps']} steps on {m['identities']} identities, "
         f"train acc {m['final'].get('acc', float('nan')):.3f}, {m['images_per_second']:.0f} img/s"
+        + processes_note(m.get("world_size", 1))
     )
 
 
@@ -114,5 +118,6 @@ STAGE = Stage(
     needs=(),
     config=lambda r: {"teacher": r.teacher, "world": r.data.world, "seed": r.seed},
     run=train_teacher,
+    training=lambda c: None if c["teacher"].checkpoint else c["teacher"].train,  # an adopted teacher is not trained
     summary=_summary,
 )

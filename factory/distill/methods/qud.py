@@ -20,6 +20,7 @@ from factory.distill.methods.base import DISTILL_METHODS, MethodContext, embeddi
 from factory.distill.methods.feature_kd import require_same_dim
 from factory.distill.teacher_cache import DEFAULT_CAPACITY_MB, TeacherEmbeddings
 from factory.recipe.schema import between
+from factory.train.distributed import gather
 from factory.train.task import ModuleTask, TaskOutput
 from factory.train.tasks import model_input
 
@@ -67,7 +68,9 @@ class QUDTask(ModuleTask):
         k = F.normalize(self.targets(batch), dim=1)
         q = F.normalize(model(model_input(model, batch["pixels"])), dim=1)
         loss = infonce_loss(q, k, self.queue, self.temperature)
-        self.enqueue(k)
+        # Under DDP this rank holds a slice of the batch: the queue takes the whole batch's features (every rank's,
+        # in batch order), so every rank's queue stays the one a single process would hold.
+        self.enqueue(gather(k))
         cosine = (q.detach() * k).sum(dim=1)
         # Per-sample agreement: what a re-sampling source (SynthDistill's step 2) reads through its feedback hook.
         return TaskOutput(loss, {"cos": cosine.mean().item()}, per_sample={"agreement": cosine})
