@@ -140,8 +140,8 @@ def _train_planned(ctx: StageContext, world: Any, plan: TeacherPlan) -> dict[str
     task = TASKS.get("margin_classification")(head)
     result = fit(model, task, source, cfg.train, ctx.work_dir, plan.name, ctx.progress)
     groups = sorted({world.group_names[int(g)] for g in source.ids.group}, key=world.group_names.index)
-    # Only what the run determines goes into the file (no timings): equal runs write equal bytes, so the stages
-    # after it stay cached.
+    # Only what the run determines goes into the checkpoint (no timings): a teacher read back after an interruption
+    # reports what its run did.
     record = {
         "params": count_params(model),
         "identities": source.num_classes,
