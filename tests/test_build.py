@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -289,25 +290,44 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     assert any(c.message.startswith("golden openvino_fp16: cosine") for c in checks)
 
 
-@pytest.mark.parametrize("name", ["mobilefacenet_qud", "margin_baseline", "mixed_70_30_kd"])
-def test_every_small_recipe_distills(first_build: tuple[Path, int, list[str]], name: str) -> None:
-    from factory.pipeline.build import build as run_build
+SHRUNK = {
+    "mobilefacenet_qud": ["distill.train.milestones=[4, 8, 10]"],  # inside 12 steps
+    # 8 "real" identities of 2 images: rendered in a moment, and drawn again and again in 12 steps
+    "mixed_70_30_kd": ["distill.source.real.identities_per_group=2", "distill.source.real.images_per_identity=2"],
+    # Four teachers of 4 steps each (the demo's one has 12), a 4-step adaptor, milestones inside 12 steps; batches
+    # of 8, as every step runs four teachers.
+    "mst_kd": [
+        "teacher.train.steps=4",
+        "teacher.train.batch_size=8",
+        "distill.train.batch_size=8",
+        "distill.train.milestones=[4, 8, 10]",
+        "distill.method.adaptor_steps=4",
+        "distill.method.identities_per_group=4",
+    ],
+}
+MST_TEACHERS = ["teacher_alpha", "teacher_beta", "teacher_gamma", "teacher_delta"]
+
+
+def small_recipe(name: str, run_dir: Path) -> Any:
     from factory.recipe import load_recipe
 
-    shrunk = {
-        "mobilefacenet_qud": ["distill.train.milestones=[4, 8, 10]"],  # inside 12 steps
-        # 8 "real" identities of 2 images: rendered in a moment, and drawn again and again in 12 steps
-        "mixed_70_30_kd": ["distill.source.real.identities_per_group=2", "distill.source.real.images_per_identity=2"],
-    }.get(name, [])
-    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"run_dir={first_build[0]}", *TINY, *shrunk])
-    result = run_build(recipe, until="distill", echo=lambda line: None)
-    assert result.stages["teacher"].cached  # the same world and teacher as the demo's tiny build
+    return load_recipe(ROOT / "recipes" / f"{name}.yaml", [f"run_dir={run_dir}", *TINY, *SHRUNK.get(name, [])])
+
+
+@pytest.mark.parametrize("name", ["mobilefacenet_qud", "margin_baseline", "mixed_70_30_kd", "mst_kd"])
+def test_every_small_recipe_distills(first_build: tuple[Path, int, list[str]], name: str) -> None:
+    from factory.pipeline.build import build as run_build
+
+    result = run_build(small_recipe(name, first_build[0]), until="distill", echo=lambda line: None)
+    # The same world and teacher as the demo's tiny build; MST-KD trains its own four.
+    assert result.stages["teacher"].cached == (name != "mst_kd")
     distill = result.stages["distill"].metrics
     assert distill["steps"] == 12 and math.isfinite(distill["final"]["loss"])
     expected = {
         "mobilefacenet_qud": "QUD (InfoNCE, tau 0.1, queue 1024)",
         "margin_baseline": "margin baseline",
         "mixed_70_30_kd": "feature KD",
+        "mst_kd": "MST-KD (EAF-KD, SL adaptor, lambda 10000)",
     }
     assert distill["method"].startswith(expected[name])
     if name == "mixed_70_30_kd":  # 16 faces a step: 11 real (70 %, largest remainder) and 5 synthetic
@@ -317,3 +337,32 @@ def test_every_small_recipe_distills(first_build: tuple[Path, int, list[str]], n
         assert all(abs(g["real_share"] - 0.7) < 0.1 for g in composition["groups"].values())
         cache = distill["teacher_cache"]  # 8 identities x 2 images x 2 flips: at most 32 teacher embeddings
         assert cache["computed"] <= 32 and cache["hits"] == 12 * 11 - cache["computed"] and cache["unkeyed"] == 60
+    if name == "mst_kd":
+        assert result.stages["teacher"].metrics["teachers"] == distill["teachers"] == MST_TEACHERS
+        assert distill["adaptor"]["steps"] == 4 and math.isfinite(distill["adaptor"]["final"]["loss"])
+
+
+def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, list[str]]) -> None:
+    from factory.pipeline.build import build as run_build
+
+    result = run_build(small_recipe("mst_kd", first_build[0]), echo=lambda line: None)
+    validation = result.stages["validate"].metrics
+    students = ["torch_fp32", "onnx_fp32", "openvino_fp32", "openvino_int8"]
+    assert validation["order"] == [*MST_TEACHERS, *students] and validation["references"] == MST_TEACHERS
+    # Each specialist measured per group; the student paired with the first teacher, its recorded parent.
+    assert all(
+        set(validation["artifacts"][t]["evaluation"]["groups"]) == set(validation["groups"]) for t in MST_TEACHERS
+    )
+    assert validation["comparisons"]["torch_fp32"]["against"] == "teacher_alpha"
+    assert not any("latency" in validation["artifacts"][t] for t in MST_TEACHERS)  # references are not timed
+    gates = result.stages["release"].metrics["gates"]
+    assert {g["artifact"] for g in gates} == set(students)  # teachers are never gated
+    manifest = json.loads((result.release_dir / "manifest.json").read_text())
+    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8"}
+    assert set(manifest["reference"]) == {*MST_TEACHERS, "torch_fp32"}
+    assert [r["stage"] for r in manifest["fairness_ledger"]] == [*MST_TEACHERS, *students]
+    report = (result.release_dir / "report.md").read_text()
+    assert (
+        "distilled from 4 `iresnet_nano` teachers (teacher_alpha, teacher_beta, teacher_gamma, teacher_delta" in report
+    )
+    assert "- teachers (per_group): iresnet_nano, 4 steps each: teacher_alpha on 4 identities of alpha;" in report

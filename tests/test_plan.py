@@ -248,3 +248,19 @@ def test_cli_plan_check_and_build_print_the_plan_and_warnings(
         "--set data.benchmark_pairs_per_group=610: data.benchmark_pairs_per_group: got 610 (expected a multiple of "
         "20: 10 folds, half genuine)"
     )
+
+
+def test_without_records_every_listed_reference_is_left_ungated() -> None:
+    from factory.evaluate.planning import evidence_from_metrics
+
+    # Several teachers (MST-KD) and no artifact records: the validation's own list says which are references.
+    teachers = {"teacher_a": METRICS["artifacts"]["teacher"], "teacher_b": METRICS["artifacts"]["teacher"]}
+    metrics = {
+        **METRICS,
+        "order": ["teacher_a", "teacher_b", "fp32", "int8"],
+        "references": ["teacher_a", "teacher_b"],
+        "artifacts": {**teachers, "fp32": METRICS["artifacts"]["fp32"], "int8": METRICS["artifacts"]["int8"]},
+    }
+    assert list(evidence_from_metrics(metrics, [], "earlier").accuracy) == ["fp32", "int8"]
+    # Metrics older than that list: the first artifact measured is the reference, as before.
+    assert list(evidence_from_metrics(METRICS, [], "earlier").accuracy) == ["fp32", "int8"]

@@ -38,8 +38,8 @@ from factory.data.real_synthetic import PlannedGroups, RealSyntheticBatches, fix
 from factory.data.resampling import DynamicResampling
 from factory.data.static import FileImages, RenderedSet, draw_by_group, keyed_batch, members_by_group
 from factory.data.world.renderer import ProceduralFaceWorld
-from factory.data.world.seeding import make_generator
-from factory.data.world.splits import group_counts, identity_set, labelled_batch, unlabelled_batch
+from factory.data.world.seeding import make_generator, stable_seed
+from factory.data.world.splits import IdentityShard, group_counts, identity_set, labelled_batch, unlabelled_batch
 from factory.recipe.schema import between
 from factory.registry import Registry
 
@@ -57,6 +57,9 @@ class SourceContext:
     labelled: bool  # identity labels needed (teacher training) or not (distillation)
     size: int = 112  # side of the images the trained model takes
     identities_per_group: int = 100  # labelled procedural identities
+    # One of several teachers' part of the labelled identities (MST-KD); None: all of them. Only the procedural
+    # source knows each identity's group, so the others refuse a shard rather than ignore it.
+    shard: IdentityShard | None = None
 
 
 class Source(Protocol):
@@ -363,11 +366,17 @@ class LabelledWorldBatches(StatelessSource):
     def __init__(self, ctx: SourceContext) -> None:
         self.ctx = ctx
         self.ids = identity_set(ctx.world, ctx.split, per_group=ctx.identities_per_group, seed=ctx.seed)
+        self.stream = ctx.seed
+        if ctx.shard is not None:
+            # The shard is cut from the split's identities (drawn with the recipe's seed, the same for every
+            # teacher); its batches come from a stream of its own, so no two teachers see the same draws.
+            self.ids = ctx.shard.select(self.ids)
+            self.stream = stable_seed(ctx.seed, "shard", ctx.shard.name)
         self.num_classes = len(self.ids.keys)
 
     def batch(self, step: int) -> dict[str, Any]:
         """Images, identity labels and groups of one step."""
-        pixels, labels, groups = labelled_batch(self.ctx.world, self.ids, self.ctx.batch_size, step, self.ctx.seed)
+        pixels, labels, groups = labelled_batch(self.ctx.world, self.ids, self.ctx.batch_size, step, self.stream)
         return {"pixels": pixels, "labels": labels, "groups": groups}
 
 
@@ -543,6 +552,12 @@ class FileBatches(StatelessSource):
     """Deterministic random batches of files, labelled (teacher) or not (distillation)."""
 
     def __init__(self, path: str | os.PathLike[str], ctx: SourceContext) -> None:
+        if ctx.shard is not None:
+            raise ValueError(
+                f"{path}: a files source does not know each identity's group, so it cannot give teacher "
+                f"{ctx.shard.name!r} its part of the identities (use teacher.source: {{kind: procedural}}, or "
+                "teacher.specialists: none)"
+            )
         self.ctx = ctx
         if ctx.labelled:
             self.dataset: torch.utils.data.Dataset = open_labelled(path, size=ctx.size)

@@ -8,10 +8,16 @@ stopped. Static data is embedded by the teacher once per image and flip (:mod:`f
 
 A method that trains on identity labels (``labelled = True``: the margin baseline) gets its source opened labelled,
 with identities of the distill split (never the benchmark's) and their count in its context.
+
+With several teachers (``teacher.specialists``) a method that distils them all (``multi_teacher = True``: MST-KD)
+gets every one, in the teacher stage's recorded order, and the order is recorded in the metrics and the student's
+checkpoint; any other method distils from the first. The student derives from the first teacher either way: it is
+the teacher validation pairs the student with, while every teacher is measured beside it.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -36,7 +42,11 @@ def distill_student(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.config["distill"], ctx.config["seed"]
     torch.manual_seed(seed)
     world = make_world(ctx.config["world"])
-    teacher = load_teacher(ctx.artifact("teacher"))  # before the student: both draw their initial weights
+    built = ctx.inputs["teacher"].built()  # in the teacher stage's order: MST-KD concatenates in it
+    multi = getattr(cfg.method, "multi_teacher", False)
+    used = built if multi else built[:1]
+    teachers = [load_teacher(b) for b in used]  # before the student: both draw their initial weights
+    teacher = teachers[0]
     student = create_model(cfg.student)
     labelled = getattr(cfg.method, "labelled", False)
     where = SourceContext(
@@ -56,15 +66,25 @@ def distill_student(ctx: StageContext) -> StageResult:
         work_dir=ctx.work_dir,
         num_classes=getattr(source, "num_classes", None),
         teacher_cache_mb=cfg.teacher_cache_mb,
+        teachers=tuple(teachers) if multi else (),
+        teacher_names=tuple(b.name for b in used) if multi else (),
+        train=cfg.train,
+        # A source of its own for what the method trains first: the student's starts untouched by it.
+        open_source=functools.partial(open_source, cfg.method, cfg.source, where),
+        progress=ctx.progress,
     )
     task = cfg.method.build(method_ctx)
     result = fit(student, task, source, cfg.train, ctx.work_dir, "distill", ctx.progress)
     if current_world().main:  # under DDP every rank holds the same weights; one writes them
-        save_model(ctx.work_dir / STUDENT_FILE, student, extra={"teacher": teacher.model_name, "steps": result.steps})
+        extra = {"teacher": teacher.model_name, "steps": result.steps}
+        if multi:
+            extra["teachers"] = [b.name for b in used]  # the order of the concatenation the student learnt from
+        save_model(ctx.work_dir / STUDENT_FILE, student, extra=extra)
         clear_resume(ctx.work_dir)
     metrics = {
         "student": cfg.student,
         "teacher": teacher.model_name,
+        "teachers": [b.name for b in used],
         "data": cfg.source.describe(where),
         "method": cfg.method.describe(),
         "params": count_params(student),
@@ -75,9 +95,10 @@ def distill_student(ctx: StageContext) -> StageResult:
         "final": result.final_terms,
         "history": result.history,
     }
-    for part in (source, task):  # what they report of the run: a mix's composition, the teacher cache's counts
-        metrics.update(getattr(part, "report", dict)())
-    return StageResult(metrics, [Artifact("torch_fp32", (STUDENT_FILE,), "torch", derived_from="teacher")])
+    for part in (source, task):  # what they report of the run: a mix's composition, the teacher cache's counts,
+        metrics.update(getattr(part, "report", dict)())  # what a method did before the student (MST-KD's adaptor)
+    artifact = Artifact("torch_fp32", (STUDENT_FILE,), "torch", derived_from=used[0].name)
+    return StageResult(metrics, [artifact])
 
 
 def open_source(method: Any, source: Any, where: SourceContext) -> Source:
@@ -107,7 +128,9 @@ def _summary(m: dict[str, Any]) -> str:
     fit_note = (
         f"train acc {final['acc']:.3f}" if "acc" in final else f"teacher cosine {final.get('cos', float('nan')):.3f}"
     )
-    origin = "from scratch on identity labels" if "acc" in final else f"from {m['teacher']}"
+    teachers = m.get("teachers") or []
+    source = f"{len(teachers)} teachers" if len(teachers) > 1 else m["teacher"]
+    origin = "from scratch on identity labels" if "acc" in final else f"from {source}"
     return (
         f"{m['student']} ({m['params'] / 1e6:.2f} M params) {origin}, {m['steps']} steps, "
         f"{fit_note}, {m['images_per_second']:.0f} img/s{processes_note(m.get('world_size', 1))}"

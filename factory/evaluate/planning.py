@@ -186,7 +186,8 @@ def evidence_from_metrics(
     Args:
         metrics: the validate stage's metrics (``metrics.json``).
         artifacts: the build's artifact records (which are references, which INT8 and derived from what); without
-            them every artifact but the first measured (the teacher) counts as gated and drift is assumed.
+            them every artifact but the references the metrics list (the teachers; the first measured in metrics
+            older than that list) counts as gated and drift is assumed.
         source: where the metrics came from, for the plan's header.
         assumptions: for what the metrics lack (intervals and comparisons of builds older than them).
 
@@ -196,7 +197,12 @@ def evidence_from_metrics(
     groups = tuple(metrics["groups"])
     order = [n for n in metrics.get("order", ()) if n in metrics["artifacts"]] or list(metrics["artifacts"])
     records = {a.name: a for a in artifacts}
-    gated = [n for n in order if n in records and not records[n].reference] if records else order[1:]
+    references = set(metrics.get("references", order[:1]))
+    gated = (
+        [n for n in order if n in records and not records[n].reference]
+        if records
+        else [n for n in order if n not in references]
+    )
     assumed: list[str] = []
     level, widths, accuracy = None, [], {}
     pairs, impostors = [], []

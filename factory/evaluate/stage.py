@@ -6,6 +6,8 @@ artifacts (the teacher) are measured as what the student is judged by; every oth
 
 Every artifact is bootstrapped with the same subject draws, so each one that derives from another (student from
 teacher, ONNX from torch, INT8 from FP32) is compared with its parent pair by pair: ``comparisons`` in the metrics.
+A build with several teachers (MST-KD) measures each of them, per group, as a reference; the student is paired
+with the first (its recorded parent).
 The pair distances of every artifact are kept (``pair_distances.npz``) for comparisons across runs.
 """
 
@@ -89,6 +91,7 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
     metrics = {
         "artifacts": results,
         "order": list(results),  # JSON files may come back with sorted keys: tables and plots keep build order
+        "references": [b.name for b in ctx.artifacts() if b.artifact.reference],
         "groups": list(bench.group_names),
         "pairs": int(len(bench.issame)),
         "comparisons": comparisons,
@@ -101,9 +104,12 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
 
 
 def _summary(m: dict[str, Any]) -> str:
-    # The reference, the model it was distilled into and the most derived artifact: the ends of the build.
+    # The reference, the model it was distilled into and the most derived artifact: the ends of the build. With
+    # several teachers the first stands for them (the student's parent), and the student is the first non-reference.
     order = [n for n in m["order"] if n in m["artifacts"]]
-    shown = dict.fromkeys([order[0], order[1] if len(order) > 2 else order[-1], order[-1]])
+    references = set(m.get("references", order[:1]))
+    built = [n for n in order if n not in references] or order
+    shown = dict.fromkeys([order[0], built[0] if len(built) > 1 else built[-1], order[-1]])
     parts = []
     for name in shown:
         fairness = m["artifacts"][name]["evaluation"]["fairness"]

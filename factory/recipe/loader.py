@@ -62,6 +62,7 @@ UNION_FAMILIES: dict[str, tuple[str, str]] = {
     "model": ("factory.models.zoo", "MODELS"),
     "head": ("factory.models.heads", "HEADS"),
     "kd_loss": ("factory.distill.losses", "KD_LOSSES"),
+    "adaptor": ("factory.distill.adaptors", "ADAPTORS"),
     "distill_method": ("factory.distill.methods", "DISTILL_METHODS"),
     "source": ("factory.data.sources", "SOURCES"),
     "exporter": ("factory.export.exporters", "EXPORTERS"),
@@ -404,6 +405,51 @@ def _check_embedding_sizes(recipe: Recipe, v: _Validator) -> None:
         )
 
 
+def _teacher_count(recipe: Recipe) -> int:
+    """How many teachers ``teacher.specialists`` trains (the world's groups for per_group and a null count)."""
+    teacher = recipe.teacher
+    if teacher.specialists == "none":
+        return 1
+    if teacher.specialists == "balanced" and teacher.count is not None:
+        return teacher.count
+    from factory.data.world.taxonomy import load_taxonomy
+
+    return len(load_taxonomy(recipe.data.world.taxonomy))
+
+
+def _check_teachers(recipe: Recipe, v: _Validator) -> None:
+    """A method that distils several teachers needs at least two, and one teacher per group needs identities.
+
+    Single-teacher methods take the first of several teachers, so only a multi-teacher method is checked here.
+    """
+    if not v.clean("teacher.specialists", "teacher.count", "teacher.identities_per_group", "data.world.taxonomy"):
+        return
+    teacher, method = recipe.teacher, recipe.distill.method
+    count = _teacher_count(recipe)
+    if teacher.specialists == "balanced" and teacher.count is None and count > teacher.identities_per_group:
+        v.fail(
+            "teacher.identities_per_group",
+            f"got {teacher.identities_per_group} for {count} balanced teachers, one per group (expected at least "
+            "one identity of every group per teacher)",
+        )
+    if not getattr(method, "multi_teacher", False) or not v.clean("distill.method"):
+        return
+    if teacher.specialists == "none":
+        v.fail(
+            "distill.method",
+            f"{method.kind} distils several specialised teachers, and teacher.specialists is 'none' (one teacher): "
+            "set teacher.specialists to per_group (one teacher per group) or balanced",
+            at="distill.method.kind",
+        )
+    elif count < 2:
+        v.fail(
+            "distill.method",
+            f"{method.kind} distils several teachers, and teacher.specialists {teacher.specialists!r} trains one "
+            "here (the world has one group): use balanced with teacher.count >= 2",
+            at="distill.method.kind",
+        )
+
+
 def _check_semantics(recipe: Recipe, v: _Validator) -> None:
     """Checks that need more than one key, or more than the schema knows (a head's margins, a taxonomy file).
 
@@ -465,6 +511,7 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
                 close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 v.fail(f"data.world.difficulty.{name}", f"unknown group ({hint}the taxonomy has: {', '.join(known)})")
+    _check_teachers(recipe, v)  # after the taxonomy's own check: it counts the taxonomy's groups
 
 
 def _default_name(recipe: Recipe, path: Path, v: _Validator) -> None:

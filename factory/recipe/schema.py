@@ -255,6 +255,39 @@ class TeacherConfig:
     margin_std: float | None = field(default=None, metadata=between(ge=0))
     scale: float = field(default=32.0, metadata=between(gt=0))
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Several teachers (MST-KD, seed 001) instead of one. per_group: one specialist per group of the world, trained
+    # on that group's identities only (artifacts teacher_<group>, in the world's group order). balanced: `count`
+    # teachers (null: one per group), each on an equal, disjoint share of every group's identities (teacher_0, ...;
+    # the paper's baseline). Either way the teachers together see the identities one teacher would, and each trains
+    # for train.steps with its own seed. Kinds: factory.train.specialists.SPECIALISTS.
+    specialists: Literal["none", "per_group", "balanced"] = "none"
+    count: int | None = field(default=None, metadata=between(ge=2))  # balanced only
+
+    def check(self, fail: Callable[[str, str], None]) -> None:
+        """Several teachers are trained by the build on procedural identities; ``count`` is for balanced ones."""
+        if self.count is not None and self.specialists != "balanced":
+            fail("count", f"got {self.count} with specialists {self.specialists!r} (expected null, or 'balanced')")
+        if self.specialists == "none":
+            return
+        if self.checkpoint is not None:
+            fail(
+                "specialists",
+                f"{self.specialists!r} trains several teachers, and teacher.checkpoint adopts one (expected "
+                "specialists: none with a checkpoint, or no checkpoint)",
+            )
+        kind = getattr(self.source, "kind", None)
+        if kind != "procedural":
+            fail(
+                "specialists",
+                f"{self.specialists!r} deals identities to teachers by group, which only the procedural source "
+                f"knows for now; teacher.source is {kind!r} (expected {{kind: procedural}}, or specialists: none)",
+            )
+        if self.count is not None and self.count > self.identities_per_group:
+            fail(
+                "count",
+                f"got {self.count} balanced teachers for identities_per_group {self.identities_per_group} (expected "
+                "at most one teacher per identity of a group: each needs identities of every group)",
+            )
 
 
 @dataclass

@@ -195,8 +195,8 @@ def _report(
     lines = [
         f"# {name} {version}",
         "",
-        f"Student `{distill['student']}` ({distill['params']:,} parameters) distilled from teacher "
-        f"`{distill['teacher']}` for {distill['steps']} steps on {distill.get('data', 'online procedural faces')}.",
+        f"Student `{distill['student']}` ({distill['params']:,} parameters) distilled from {_teachers(distill)} "
+        f"for {distill['steps']} steps on {distill.get('data', 'online procedural faces')}.",
         "",
         f"Benchmark: {validation['pairs']} pairs, groups {', '.join(validation['groups'])}; accuracy (%) with the "
         "insightface 10-fold protocol per group; STD is the sample std of the group accuracies; SER = "
@@ -237,7 +237,7 @@ def _report(
         f"- code: {code['commit']}{' (uncommitted changes)' if code['dirty'] else ''}",
         f"- packages: {', '.join(f'{k} {v}' for k, v in lineage['packages'].items())}",
         f"- seed {lineage['seed']}, world seed {lineage['world_seed']}",
-        f"- teacher: {teacher.get('model')} ({teacher.get('steps', 'checkpoint')} steps)",
+        _teacher_lineage(teacher),
         "",
         "Verify: `factory release verify DIR` (or `python deploy/verify_release.py DIR` on the target) checks every "
         "file's sha256 in `manifest.json` and runs `golden_input.npy` through each artifact: its embedding must match "
@@ -245,6 +245,28 @@ def _report(
         "",
     ]
     return "\n".join(lines)
+
+
+def _teachers(distill: dict[str, Any]) -> str:
+    """Whom the student learnt from: one teacher, or several in their recorded order (MST-KD)."""
+    names = distill.get("teachers") or []
+    if len(names) > 1:
+        return f"{len(names)} `{distill['teacher']}` teachers ({', '.join(names)}, in this order)"
+    return f"teacher `{distill['teacher']}`"
+
+
+def _teacher_lineage(teacher: dict[str, Any]) -> str:
+    """The lineage line of the teacher stage: its model and steps, and each teacher's identities when several."""
+    line = f"- teacher: {teacher.get('model')} ({teacher.get('steps', 'checkpoint')} steps)"
+    if "teachers" not in teacher:
+        return line
+    parts = [
+        f"{name} on {t['identities']} identities of {', '.join(t['groups'])}"
+        for name, t in teacher["per_teacher"].items()
+    ]
+    return f"- teachers ({teacher['specialists']}): {teacher.get('model')}, {teacher['steps']} steps each: " + (
+        "; ".join(parts)
+    )
 
 
 STAGE = Stage(

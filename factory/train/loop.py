@@ -276,13 +276,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Set the global random generators to :func:`rng_state`'s ``state``, so a resumed run draws what it would have.
 
     Generator states are loaded back on the CPU whatever device the checkpoint was mapped to (torch sets a state only
-    from a CPU byte tensor). CUDA's is restored for the devices this machine has.
+    from a CPU byte tensor). CUDA's is restored for the devices this machine has. A state without Python's or
+    numpy's (one that keeps torch's alone) leaves those generators as they are.
     """
     torch.set_rng_state(state["torch"].cpu())
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), index)

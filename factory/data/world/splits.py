@@ -52,6 +52,48 @@ def identity_set(world: ProceduralFaceWorld, split: str, per_group: int, seed: i
     return IdentitySet(z=z, group=group, keys=keys)
 
 
+@dataclass(frozen=True)
+class IdentityShard:
+    """The part of a split's identities that one of several teachers trains on (MST-KD's teachers).
+
+    Identities are kept whole: a shard never splits one person's images between two teachers, so the union of the
+    shards of a split is its identity set and two shards of one plan share no identity.
+
+    Attributes:
+        name: the teacher's name; it also names the shard's own batch stream, so teachers draw independent batches.
+        groups: the group ids kept (None: every group).
+        part: which share of each kept group's identities (index within the group ≡ ``part`` mod ``parts``).
+        parts: into how many shares each group's identities are dealt (1: all of them).
+    """
+
+    name: str
+    groups: tuple[int, ...] | None = None
+    part: int = 0
+    parts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.parts < 1 or not 0 <= self.part < self.parts:
+            raise ValueError(f"shard {self.name!r}: part {self.part} of {self.parts} (expected 0 <= part < parts)")
+
+    def select(self, ids: IdentitySet) -> IdentitySet:
+        """The identities of ``ids`` in this shard, in their order (labels are indices into the result).
+
+        Raises:
+            ValueError: the shard keeps no identity (more shares than a group has identities).
+        """
+        index_in_group = torch.empty_like(ids.group)
+        for g in ids.group.unique():
+            members = (ids.group == g).nonzero().flatten()
+            index_in_group[members] = torch.arange(len(members))
+        keep = index_in_group % self.parts == self.part
+        if self.groups is not None:
+            keep &= torch.isin(ids.group, torch.tensor(self.groups, dtype=ids.group.dtype))
+        rows = keep.nonzero().flatten()
+        if len(rows) == 0:
+            raise ValueError(f"shard {self.name!r} keeps no identity of the split (parts {self.parts})")
+        return IdentitySet(z=ids.z[rows], group=ids.group[rows], keys=[ids.keys[int(i)] for i in rows])
+
+
 def labelled_batch(
     world: ProceduralFaceWorld, ids: IdentitySet, batch_size: int, step: int, seed: int
 ) -> tuple[Tensor, Tensor, Tensor]:

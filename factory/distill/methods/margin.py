@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from factory.distill.methods.base import DISTILL_METHODS, Fail, MethodContext, embedding_dim
-from factory.models.heads import HEADS, create_head
+from factory.distill.methods.base import DISTILL_METHODS, Fail, MethodContext, check_head, embedding_dim
+from factory.models.heads import create_head
 from factory.recipe.schema import between
 from factory.train.tasks import MarginClassificationTask
 
@@ -37,22 +37,7 @@ class MarginBaseline:
 
     def check(self, fail: Fail) -> None:
         """The margin must be one the head can train with, and only an elastic head takes a ``margin_std``."""
-        if self.head not in HEADS.names():
-            return  # the registry field reports an unknown head itself
-        cls = HEADS.get(self.head)
-        if self.margin is not None:
-            low, high = cls.margin_range
-            if not low <= self.margin < high:
-                fail(
-                    "margin", f"got {self.margin!r} (expected a number in [{low:g}, {high:.4g}) for head {self.head!r})"
-                )
-        if self.margin_std is not None and not getattr(cls, "elastic", False):
-            elastic = ", ".join(n for n in HEADS.names() if getattr(HEADS.get(n), "elastic", False))
-            fail(
-                "margin_std",
-                f"got {self.margin_std!r} for head {self.head!r}, whose margin is fixed "
-                f"(expected null, or an elastic head: {elastic})",
-            )
+        check_head(self.head, self.margin, self.margin_std, fail)
 
     def build(self, ctx: MethodContext) -> MarginClassificationTask:
         """The margin-classification task over the source's identities (the teacher is not part of it)."""
