@@ -10,13 +10,13 @@ import pytest
 import torch
 from distill_toys import TinyFaceNet
 
+from factory.data.group_balance import balance_shares
 from factory.data.sources import (
     GroupBalancer,
     MixSourceConfig,
     ProceduralSourceConfig,
     SourceContext,
     StatelessSource,
-    balance_shares,
 )
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator

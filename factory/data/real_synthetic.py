@@ -27,17 +27,16 @@ resumed run draws the batches an uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from factory.data.group_balance import GroupBalancer
+from factory.data.source_context import SourceContext
 from factory.data.static import NO_KEY, GroupedImages, draw_by_group, members_by_group
 from factory.data.world.seeding import make_generator
 from factory.data.world.splits import group_counts
-
-if TYPE_CHECKING:
-    from factory.data.sources import GroupBalancer, SourceContext
 
 STATE_KEYS = ("plan", "seen", "synthetic")
 

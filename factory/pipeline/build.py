@@ -22,14 +22,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.files import read_json, sha256_tree, write_json, write_text
+from factory.files import sha256_tree, write_json, write_text
 from factory.pipeline.cache import stage_key, stage_material
 from factory.pipeline.launch import launch_stage
 from factory.pipeline.lock import run_dir_lock
-from factory.pipeline.stage import STAGE_FILE, GateFailure, Stage, StageContext, StageOutput
+from factory.pipeline.stage import (
+    STAGE_FILE,
+    GateFailure,
+    Stage,
+    StageContext,
+    StageOutput,
+    cached_output,
+    registry_of,
+)
 from factory.recipe import Recipe
 from factory.registry import Registry
-from factory.runtime.artifacts import Artifact
 from factory.train.distributed import check_processes
 
 FAILED_FILE = "release.failed.json"
@@ -111,15 +118,13 @@ def build(
 
 
 def stage_registry(stages: Sequence[Stage] | None) -> tuple[Registry[Stage], list[str]]:
-    """The stages by name (unknown names get a did-you-mean) and their order."""
+    """:func:`~factory.pipeline.stage.registry_of` the given stages, or of the pipeline's own when None.
+
+    The pipeline's stages are imported only here, when needed: they pull in torch, NNCF and OpenVINO.
+    """
     if stages is None:
         from factory.pipeline.stages import STAGES as stages
-    by_name: Registry[Stage] = Registry("stage")
-    for stage in stages:
-        for need in stage.needs:
-            by_name.get(need)  # a stage may only need stages listed before it
-        by_name.register(stage.name)(stage)
-    return by_name, [s.name for s in stages]
+    return registry_of(stages)
 
 
 def _run_stage(
@@ -177,16 +182,6 @@ def _run_stage(
     )
     os.replace(partial, final)
     return StageOutput(stage.name, key, final, files, made.metrics, list(made.artifacts), False, seconds)
-
-
-def cached_output(name: str, key: str, final: Path) -> StageOutput | None:
-    """The finished stage at ``final``, or None when it has no record (``stage.json`` is written last)."""
-    record = final / STAGE_FILE
-    if not record.is_file():
-        return None
-    info = read_json(record)
-    artifacts = [Artifact.from_dict(a) for a in info["artifacts"]]
-    return StageOutput(name, key, final, info["files"], info["metrics"], artifacts, True, info["seconds"])
 
 
 def _publish(run_dir: Path, bundle: Path, recipe: Recipe) -> Path:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from factory.files import read_json, write_json, write_text
-from factory.pipeline.stage import Stage, StageContext, StageResult
+from factory.pipeline.stage import Stage, StageContext, StageResult, cached_output, registry_of
 from factory.runtime.artifacts import Artifact
 
 RECIPE_FILE = "recipe.resolved.yaml"  # the name the build gives its provenance copy of the recipe
@@ -127,7 +127,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import torch.distributed as dist
 
-    from factory.pipeline.build import cached_output, stage_registry
     from factory.pipeline.cache import stage_key, stage_material
     from factory.recipe import load_recipe
     from factory.train.device import resolve_device
@@ -145,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:
         recipe = load_recipe(args.recipe)
-        stage = stage_registry(None)[0].get(args.stage)
+        from factory.pipeline.stages import STAGES
+
+        stage = registry_of(STAGES)[0].get(args.stage)
         inputs = {}
         for item in args.input:
             name, folder = item.split("=", 1)

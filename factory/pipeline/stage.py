@@ -9,13 +9,14 @@ the release) iterates over those records; file names are written only by the sta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.files import read_json
 from factory.recipe import Recipe, TrainConfig
-from factory.registry import UnknownNameError
+from factory.registry import Registry, UnknownNameError
 from factory.runtime.artifacts import Artifact, open_runner
 from factory.runtime.runners import Runner
 
@@ -136,3 +137,23 @@ class GateFailure(RuntimeError):
         self.validation = validation  # the validate stage's metrics, so the failure can show the accuracy table
         self.kept_release: Path | None = None  # set by the build: the older bundle ``release`` still names
         self.record: Path | None = None  # set by the build: the failure record beside it
+
+
+def registry_of(stages: Sequence[Stage]) -> tuple[Registry[Stage], list[str]]:
+    """The stages by name (unknown names get a did-you-mean) and their order."""
+    by_name: Registry[Stage] = Registry("stage")
+    for stage in stages:
+        for need in stage.needs:
+            by_name.get(need)  # a stage may only need stages listed before it
+        by_name.register(stage.name)(stage)
+    return by_name, [s.name for s in stages]
+
+
+def cached_output(name: str, key: str, final: Path) -> StageOutput | None:
+    """The finished stage at ``final``, or None when it has no record (``stage.json`` is written last)."""
+    record = final / STAGE_FILE
+    if not record.is_file():
+        return None
+    info = read_json(record)
+    artifacts = [Artifact.from_dict(a) for a in info["artifacts"]]
+    return StageOutput(name, key, final, info["files"], info["metrics"], artifacts, True, info["seconds"])
