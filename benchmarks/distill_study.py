@@ -47,6 +47,7 @@ from factory.runtime.runners import embed_uint8
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "recipes" / "tinyfar_synthdistill.yaml"
 MIXED = ROOT / "recipes" / "mixed_70_30_kd.yaml"
+MST = ROOT / "recipes" / "mst_kd.yaml"
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -78,6 +79,13 @@ ARMS: dict[str, Arm] = {
         MIXED,
     ),
     "real_only": Arm("feature KD on the real stand-in alone, group-balanced", ("distill.source.real_share=1",), MIXED),
+    # MST-KD's teachers are its own (four, together the main teacher's budget): compared with each other only.
+    "mst_per_group": Arm("MST-KD (SL adaptor, EAF-KD) from four group-specialised teachers", (), MST),
+    "mst_balanced": Arm(
+        "MST-KD (SL adaptor, EAF-KD) from four teachers on group-balanced quarters of the identities",
+        ("teacher.specialists=balanced",),
+        MST,
+    ),
 }
 
 # (arm, against): the paired comparisons the study reports; a comparison runs when both arms ran.
@@ -88,6 +96,7 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("kd_dynamic_adaptive", "kd_dynamic"),
     ("mixed_70_30", "kd_dynamic"),  # against synthetic only: the same synthetic part, dynamic re-sampling
     ("mixed_70_30", "real_only"),
+    ("mst_per_group", "mst_balanced"),
 )
 
 QUICK = (
