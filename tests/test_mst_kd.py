@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from distill_toys import TinyFaceNet
 from mst_toys import TOY, register_toy
+from mst_toys import config as mst_config
 from torch import nn
 
 from factory.data.sources import LabelledWorldBatches, ProceduralSourceConfig, SourceContext
@@ -32,11 +33,17 @@ from factory.distill.methods.mst_kd import (
     concat_teachers,
     load_adaptor,
 )
-from factory.distill.stage import open_source
+from factory.distill.stage import distill_student, open_source
+from factory.models.checkpoint import read_checkpoint, save_model
+from factory.models.external import load_teacher
 from factory.models.heads import create_head
-from factory.pipeline.stage import StageContext
-from factory.recipe import RecipeError, TeacherConfig, TrainConfig, WorldConfig, load_recipe
+from factory.models.zoo import create_model
+from factory.pipeline.cache import path_fields, stage_key, stage_material
+from factory.pipeline.stage import BuiltArtifact, StageContext, StageOutput
+from factory.recipe import Recipe, RecipeError, TeacherConfig, TrainConfig, WorldConfig, load_recipe
+from factory.release.stage import _teacher_lineage
 from factory.train.loop import RESUME_FILE, fit
+from factory.train.stage import STAGE as TEACHER_STAGE
 from factory.train.stage import train_teacher
 from factory.train.tasks import model_input
 
@@ -240,6 +247,112 @@ def test_one_teacher_stays_the_single_teacher_path(tmp_path: Path, teacher_sourc
     assert (ctx.work_dir / "teacher.pt").is_file() and teacher_sources[0].num_classes == 16
 
 
+# --------------------------------------------------------------------------------- pre-trained teachers, adopted
+
+
+def test_adopted_checkpoints_are_the_specialists_artifacts_in_the_mappings_order(tmp_path: Path) -> None:
+    register_toy()
+    order = ["delta", "alpha", "gamma"]  # not the world's order, nor sorted: the mapping's order is the record
+    models, files = {}, {}
+    for i, key in enumerate(order):
+        torch.manual_seed(200 + i)
+        models[key] = create_model(TOY).eval()
+        files[key] = tmp_path / f"{key}.pth"
+        if key == "alpha":  # a factory checkpoint; the others raw state dicts, as zoo weights come
+            save_model(files[key], models[key])
+        else:
+            torch.save(models[key].state_dict(), files[key])
+    cfg = TeacherConfig(model=TOY, checkpoints={k: str(files[k]) for k in order})
+    work = tmp_path / "teacher"
+    work.mkdir()
+    ctx = StageContext({"teacher": cfg, "world": WorldConfig(), "seed": 0}, work, {}, None, progress=False)
+    made = train_teacher(ctx)
+    names = [f"teacher_{k}" for k in order]
+    assert [a.name for a in made.artifacts] == names == made.metrics["teachers"]
+    assert all(a.reference and a.files == (f"{a.name}.pt",) for a in made.artifacts)
+    assert made.metrics["specialists"] == "adopted" and list(made.metrics["per_teacher"]) == names
+    x = torch.randint(0, 256, (2, 3, 112, 112), dtype=torch.uint8)
+    for key, artifact in zip(order, made.artifacts, strict=True):
+        record = made.metrics["per_teacher"][artifact.name]
+        assert record["source"] == str(files[key]) and record["model"] == TOY
+        assert record["sha256"] == hashlib.sha256(files[key].read_bytes()).hexdigest()
+        teacher = load_teacher(BuiltArtifact(artifact, work)).eval()
+        with torch.no_grad():  # each teacher is its own file's weights, under its own name
+            assert torch.equal(teacher(model_input(teacher, x)), models[key](model_input(models[key], x)))
+    assert TEACHER_STAGE.trains(TEACHER_STAGE.config(load_recipe(MST_RECIPE))) is not None
+    assert TEACHER_STAGE.trains({"teacher": cfg}) is None  # nothing to train: no DDP launch for it
+    # MST-KD takes them unchanged, in their order.
+    distill = mst_config(steps=2, adaptor_steps=2)
+    teachers = StageOutput("teacher", "adopted", work, {}, made.metrics, made.artifacts, True, 0.0)
+    (tmp_path / "distill").mkdir()
+    stage_ctx = StageContext(
+        config={"distill": distill, "world": WorldConfig(), "seed": 0},
+        work_dir=tmp_path / "distill",
+        inputs={"teacher": teachers},
+        recipe=Recipe(),
+        progress=False,
+    )
+    student = distill_student(stage_ctx)
+    assert student.metrics["teachers"] == names
+    assert torch.load(tmp_path / "distill" / ADAPTOR_FILE, weights_only=False)["teachers"] == names
+    assert read_checkpoint(tmp_path / "distill" / "student.pt")["extra"]["teachers"] == names
+    lineage = _teacher_lineage(made.metrics)
+    assert lineage.startswith(f"- teachers (adopted): {TOY}: teacher_delta from {files['delta']} (sha256 ")
+
+
+def test_check_refuses_checkpoints_beside_checkpoint_or_specialists(tmp_path: Path) -> None:
+    (tmp_path / "a.pth").write_bytes(b"")
+    (tmp_path / "b.pth").write_bytes(b"")
+    where = f"{tmp_path / 'r.yaml'}"
+    both = "teacher:\n  checkpoint: a.pth\n  specialists: per_group\n  checkpoints: {alpha: a.pth, beta: b.pth}\n"
+    assert check(tmp_path, both + MST) == [
+        f"{where}:3: teacher.specialists: 'per_group' trains several teachers, and teacher.checkpoint adopts one "
+        "(expected specialists: none with a checkpoint, or no checkpoint)",
+        f"{where}:4: teacher.checkpoints: adopts several teachers, and teacher.checkpoint adopts one (expected one "
+        "of the two: checkpoint for one teacher, checkpoints for several)",
+        f"{where}:4: teacher.checkpoints: adopts pre-trained teachers, and specialists 'per_group' trains them "
+        "(expected specialists: none with checkpoints, or no checkpoints)",
+    ]
+    assert check(tmp_path, "teacher:\n  checkpoints: {Alpha: a.pth, beta/1: b.pth}\n") == [
+        f"{where}:2: teacher.checkpoints.Alpha: got the name 'Alpha' (expected lower-case letters, digits and '_', "
+        "starting with a letter or digit, at most 64 characters: it names the artifact teacher_{name})",
+        f"{where}:2: teacher.checkpoints.beta/1: got the name 'beta/1' (expected lower-case letters, digits and '_', "
+        "starting with a letter or digit, at most 64 characters: it names the artifact teacher_{name})",
+    ]
+    assert check(tmp_path, "teacher:\n  checkpoints: {}\n") == [
+        f"{where}:2: teacher.checkpoints: got an empty mapping (expected {{name: file, ...}}, or null)"
+    ]
+    assert check(tmp_path, "teacher:\n  checkpoints: {alpha: a.pth}\n" + MST) == [
+        f"{where}:5: distill.method: mst_kd distils several teachers, and teacher.checkpoints adopts one: name at "
+        "least two"
+    ]
+    assert check(tmp_path, "teacher:\n  checkpoints: {alpha: a.pth, beta: b.pth}\n" + MST) == []
+    assert check(tmp_path, MST)[0].endswith("or adopt pre-trained ones with teacher.checkpoints")
+
+
+def test_missing_checkpoints_are_missing_assets_and_the_files_key_the_stage(tmp_path: Path) -> None:
+    (tmp_path / "a.pth").write_bytes(b"weights")
+    path = tmp_path / "r.yaml"
+    path.write_text("teacher:\n  checkpoints:\n    alpha: a.pth\n    beta: gone/b.pth\n" + MST)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    (issue,) = e.value.issues
+    assert issue.asset and issue.key == "teacher.checkpoints.beta" and issue.line == 4
+    assert issue.message == f"{tmp_path / 'gone' / 'b.pth'} does not exist (expected an existing file or folder)"
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "b.pth").write_bytes(b"other weights")
+    recipe = load_recipe(path)
+    assert recipe.teacher.checkpoints == {"alpha": str(tmp_path / "a.pth"), "beta": str(tmp_path / "gone" / "b.pth")}
+    assert path_fields(recipe.teacher) == {
+        "checkpoints.alpha": str(tmp_path / "a.pth"),
+        "checkpoints.beta": str(tmp_path / "gone" / "b.pth"),
+    }
+    # Other weights in a teacher file are another teacher stage.
+    before = stage_key(stage_material(TEACHER_STAGE, recipe, {}))
+    (tmp_path / "gone" / "b.pth").write_bytes(b"retrained weights")
+    assert stage_key(stage_material(TEACHER_STAGE, recipe, {})) != before
+
+
 # ------------------------------------------------------------------------------------- the adaptor and student
 
 
@@ -269,8 +382,8 @@ def test_the_adaptor_is_trained_then_frozen_through_student_training(tmp_path: P
     ctx = mst_context(tmp_path, method=method)
     task = method.build(ctx)
     assert (tmp_path / ADAPTOR_FILE).is_file() and not (tmp_path / RESUME_FILE).exists()
-    report = task.report["adaptor"]
-    assert report["steps"] == 4 and not report["reused"] and task.report["teachers"] == list(ctx.teacher_names)
+    report = task.report()["adaptor"]
+    assert report["steps"] == 4 and not report["reused"] and task.report()["teachers"] == list(ctx.teacher_names)
     frozen = {k: v.clone() for k, v in task.adaptor.state_dict().items()}
     assert not task.adaptor.training and not any(p.requires_grad for p in task.adaptor.parameters())
     # Not in the optimiser: the loop optimises the student's parameters and the task's (the EAF-KD head) only.
@@ -297,8 +410,8 @@ def test_a_trained_adaptor_is_read_back_not_trained_again(tmp_path: Path, monkey
 
     monkeypatch.setattr("factory.distill.methods.mst_kd.fit", no_training)
     again = method.build(mst_context(tmp_path, method=method))
-    assert again.report["adaptor"]["reused"]
-    assert again.report["adaptor"]["history"] == first.report["adaptor"]["history"]
+    assert again.report()["adaptor"]["reused"]
+    assert again.report()["adaptor"]["history"] == first.report()["adaptor"]["history"]
     for key, value in first.adaptor.state_dict().items():
         assert torch.equal(value, again.adaptor.state_dict()[key]), key
     assert torch.equal(torch.get_rng_state(), after)  # the generators as they were after training it
@@ -430,7 +543,7 @@ def test_check_refuses_mst_kd_with_one_teacher(tmp_path: Path) -> None:
     assert check(tmp_path, MST) == [
         f"{tmp_path / 'r.yaml'}:3: distill.method: mst_kd distils several specialised teachers, and "
         "teacher.specialists is 'none' (one teacher): set teacher.specialists to per_group (one teacher per group) "
-        "or balanced"
+        "or balanced, or adopt pre-trained ones with teacher.checkpoints"
     ]
     assert check(tmp_path, "teacher:\n  specialists: per_group\n" + MST) == []
     assert check(tmp_path, "teacher:\n  specialists: balanced\n  count: 2\n" + MST) == []

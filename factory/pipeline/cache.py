@@ -56,6 +56,8 @@ def path_fields(value: Any, prefix: str = "") -> dict[str, str]:
             item = getattr(value, f.name)
             if f.metadata.get("path") and isinstance(item, str):
                 found[prefix + f.name] = item
+            elif f.metadata.get("path") and isinstance(item, dict):  # {name: file} (teacher.checkpoints)
+                found.update({f"{prefix}{f.name}.{k}": v for k, v in item.items() if isinstance(v, str)})
             else:
                 found.update(path_fields(item, f"{prefix}{f.name}."))
     elif isinstance(value, dict):

@@ -406,8 +406,13 @@ def _check_embedding_sizes(recipe: Recipe, v: _Validator) -> None:
 
 
 def _teacher_count(recipe: Recipe) -> int:
-    """How many teachers ``teacher.specialists`` trains (the world's groups for per_group and a null count)."""
+    """How many teachers the build has: adopted ones, or what ``teacher.specialists`` trains.
+
+    ``teacher.checkpoints`` adopts one per file; per_group and a null balanced count train one per group of the world.
+    """
     teacher = recipe.teacher
+    if teacher.checkpoints:
+        return len(teacher.checkpoints)
     if teacher.specialists == "none":
         return 1
     if teacher.specialists == "balanced" and teacher.count is not None:
@@ -422,7 +427,8 @@ def _check_teachers(recipe: Recipe, v: _Validator) -> None:
 
     Single-teacher methods take the first of several teachers, so only a multi-teacher method is checked here.
     """
-    if not v.clean("teacher.specialists", "teacher.count", "teacher.identities_per_group", "data.world.taxonomy"):
+    keys = ("teacher.specialists", "teacher.count", "teacher.identities_per_group", "teacher.checkpoints")
+    if not v.clean(*keys, "data.world.taxonomy"):
         return
     teacher, method = recipe.teacher, recipe.distill.method
     count = _teacher_count(recipe)
@@ -434,11 +440,19 @@ def _check_teachers(recipe: Recipe, v: _Validator) -> None:
         )
     if not getattr(method, "multi_teacher", False) or not v.clean("distill.method"):
         return
-    if teacher.specialists == "none":
+    if teacher.checkpoints:
+        if count < 2:
+            v.fail(
+                "distill.method",
+                f"{method.kind} distils several teachers, and teacher.checkpoints adopts one: name at least two",
+                at="distill.method.kind",
+            )
+    elif teacher.specialists == "none":
         v.fail(
             "distill.method",
             f"{method.kind} distils several specialised teachers, and teacher.specialists is 'none' (one teacher): "
-            "set teacher.specialists to per_group (one teacher per group) or balanced",
+            "set teacher.specialists to per_group (one teacher per group) or balanced, or adopt pre-trained ones "
+            "with teacher.checkpoints",
             at="distill.method.kind",
         )
     elif count < 2:

@@ -110,6 +110,9 @@ RUN_NAME_EXPECTED = (
     "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters: "
     "it names the folder runs/<name>"
 )
+# An adopted teacher's name: its artifact is teacher_<name>, its file teacher_<name>.pt in the stage's folder.
+TEACHER_NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+TEACHER_NAME_TEXT = "lower-case letters, digits and '_', starting with a letter or digit, at most 64 characters"
 _THREADS = between(ge=1, le=usable_cpus, note="{high} is the number of CPUs this process may use")
 # torch.manual_seed takes unsigned 64-bit seeds; numpy and the hashed seeds take any of them too.
 _SEED = between(ge=0, le=2**64 - 1)
@@ -243,6 +246,10 @@ class TeacherConfig:
     # Skips training: a factory checkpoint, an insightface state_dict (.pth/.pt) or safetensors file holding weights
     # of `model`, or a black-box ONNX / OpenVINO / TorchScript file.
     checkpoint: str | None = field(default=None, metadata={"path": True})
+    # Several pre-trained teachers instead (MST-KD's specialists, trained elsewhere): {name: file, ...}, each file
+    # adopted like `checkpoint` (weights of `model`, or a black box) as artifact teacher_<name>, in the order written
+    # (the order MST-KD concatenates their embeddings in). Names: lower-case letters, digits and _.
+    checkpoints: dict[str, str] | None = field(default=None, metadata={"path": True})
     normalization: Literal["arcface", "legacy128"] | None = None  # input convention of the checkpoint (None: its own)
     # Labelled training data: procedural identities, or {kind: files, path: ...} (a RecordIO pack, a labelled
     # folder or a list). Kinds: factory.data.sources.SOURCES.
@@ -264,9 +271,11 @@ class TeacherConfig:
     count: int | None = field(default=None, metadata=between(ge=2))  # balanced only
 
     def check(self, fail: Callable[[str, str], None]) -> None:
-        """Several teachers are trained by the build on procedural identities; ``count`` is for balanced ones."""
+        """Several teachers are trained on procedural identities or adopted; ``count`` is for balanced ones."""
         if self.count is not None and self.specialists != "balanced":
             fail("count", f"got {self.count} with specialists {self.specialists!r} (expected null, or 'balanced')")
+        if self.checkpoints is not None:
+            self._check_checkpoints(fail)
         if self.specialists == "none":
             return
         if self.checkpoint is not None:
@@ -288,6 +297,29 @@ class TeacherConfig:
                 f"got {self.count} balanced teachers for identities_per_group {self.identities_per_group} (expected "
                 "at most one teacher per identity of a group: each needs identities of every group)",
             )
+
+    def _check_checkpoints(self, fail: Callable[[str, str], None]) -> None:
+        """Adopted teachers are one way to get several: not beside ``checkpoint`` or ``specialists``."""
+        if not self.checkpoints:
+            fail("checkpoints", "got an empty mapping (expected {name: file, ...}, or null)")
+        if self.checkpoint is not None:
+            fail(
+                "checkpoints",
+                "adopts several teachers, and teacher.checkpoint adopts one (expected one of the two: "
+                "checkpoint for one teacher, checkpoints for several)",
+            )
+        if self.specialists != "none":
+            fail(
+                "checkpoints",
+                f"adopts pre-trained teachers, and specialists {self.specialists!r} trains them (expected "
+                "specialists: none with checkpoints, or no checkpoints)",
+            )
+        for name in self.checkpoints or {}:
+            if not TEACHER_NAME.fullmatch(name):
+                fail(
+                    f"checkpoints.{name}",
+                    f"got the name {name!r} (expected {TEACHER_NAME_TEXT}: it names the artifact teacher_{{name}})",
+                )
 
 
 @dataclass

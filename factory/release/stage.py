@@ -260,6 +260,9 @@ def _teacher_lineage(teacher: dict[str, Any]) -> str:
     line = f"- teacher: {teacher.get('model')} ({teacher.get('steps', 'checkpoint')} steps)"
     if "teachers" not in teacher:
         return line
+    if teacher.get("specialists") == "adopted":
+        parts = [f"{name} from {t['source']} (sha256 {t['sha256'][:12]})" for name, t in teacher["per_teacher"].items()]
+        return f"- teachers (adopted): {teacher.get('model')}: " + "; ".join(parts)
     parts = [
         f"{name} on {t['identities']} identities of {', '.join(t['groups'])}"
         for name, t in teacher["per_teacher"].items()

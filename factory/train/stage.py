@@ -8,7 +8,8 @@ With ``teacher.specialists`` it trains several teachers instead (MST-KD), one af
 the identities (:mod:`factory.train.specialists`) and each an artifact of its own, in the order the plan gives: the
 order MST-KD concatenates their embeddings in, recorded as the metrics' ``teachers``. Every teacher is a reference
 artifact (measured beside the student, never gated or shipped); the first is the one a single-teacher method
-distils from and the student is compared with.
+distils from and the student is compared with. ``teacher.checkpoints`` adopts several pre-trained teachers instead
+(specialists trained elsewhere, e.g. on BUPT-Balancedface): the same artifacts, in the mapping's order.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def train_teacher(ctx: StageContext) -> StageResult:
     cfg, seed = ctx.config["teacher"], ctx.config["seed"]
     if cfg.checkpoint:
         return adopt_teacher(ctx, Path(cfg.checkpoint))
+    if cfg.checkpoints:
+        return adopt_teachers(ctx)
     if cfg.specialists != "none":
         return train_teachers(ctx)
     torch.manual_seed(seed)
@@ -162,32 +165,56 @@ def _train_planned(ctx: StageContext, world: Any, plan: TeacherPlan) -> dict[str
     return {**record, "resumed_from": result.resumed_from, "images_per_second": result.images_per_second}
 
 
-def adopt_teacher(ctx: StageContext, source: Path) -> StageResult:
+def adopt_teacher(ctx: StageContext, source: Path, name: str = "teacher") -> StageResult:
     """Take the recipe's teacher file instead of training one; its provenance (path, sha256) goes in the metrics.
 
     Weights of a zoo architecture become a factory checkpoint (strictly loaded, so a mismatch fails here, not
-    mid-distillation); a black-box file is copied as it is, its declared contract recorded in the artifact.
+    mid-distillation); a black-box file is copied as it is, its declared contract recorded in the artifact. The
+    artifact and its files are called ``name`` (``teacher``, or ``teacher_<name>`` of ``teacher.checkpoints``).
     """
     cfg = ctx.config["teacher"]
     model = load_any_model(source, model=cfg.model, normalization=cfg.normalization)
     provenance = {"source": str(source), "sha256": sha256_file(source), "model": model.model_name}
     if hasattr(model, "model_overrides"):
-        save_model(ctx.work_dir / TEACHER_FILE, model, extra=provenance)
+        save_model(ctx.work_dir / f"{name}.pt", model, extra=provenance)
         metrics = {**provenance, "params": count_params(model), "contract": model.contract.to_dict()}
-        return StageResult(metrics, [Artifact("teacher", (TEACHER_FILE,), "torch", reference=True)])
+        return StageResult(metrics, [Artifact(name, (f"{name}.pt",), "torch", reference=True)])
     copies = [source] + ([source.with_suffix(".bin")] if source.suffix == ".xml" else [])
     for path in copies:
-        with atomic_path(ctx.work_dir / f"teacher{path.suffix}") as tmp:
+        with atomic_path(ctx.work_dir / f"{name}{path.suffix}") as tmp:
             shutil.copyfile(path, tmp)
     contract = model.contract.to_dict()
-    files = tuple(f"teacher{p.suffix}" for p in copies)
-    artifact = Artifact("teacher", files, "torch", reference=True, contract=contract)
+    files = tuple(f"{name}{p.suffix}" for p in copies)
+    artifact = Artifact(name, files, "torch", reference=True, contract=contract)
     return StageResult({**provenance, "black_box": True, "contract": contract}, [artifact])
+
+
+def adopt_teachers(ctx: StageContext) -> StageResult:
+    """Adopt every file of ``teacher.checkpoints`` as ``teacher_<name>``, in the mapping's order.
+
+    The artifacts and the recorded order are those of trained specialists, so MST-KD takes either; each teacher's
+    provenance (path, sha256) is in the metrics' ``per_teacher``.
+    """
+    cfg = ctx.config["teacher"]
+    adopted = {
+        f"teacher_{key}": adopt_teacher(ctx, Path(path), f"teacher_{key}") for key, path in cfg.checkpoints.items()
+    }
+    first = next(iter(adopted.values())).metrics
+    metrics = {
+        "model": first["model"],
+        "params": first.get("params"),
+        "specialists": "adopted",
+        "teachers": list(adopted),  # the order MST-KD concatenates their embeddings in: the mapping's
+        "per_teacher": {name: made.metrics for name, made in adopted.items()},
+    }
+    return StageResult(metrics, [made.artifacts[0] for made in adopted.values()])
 
 
 def _summary(m: dict[str, Any]) -> str:
     if "source" in m:
         return f"{m['model']}: checkpoint {m['source']}"
+    if m.get("specialists") == "adopted":
+        return f"{len(m['teachers'])} x {m['model']} adopted ({', '.join(m['teachers'])}) from checkpoints"
     if "teachers" in m:
         accs = [t["final"].get("acc", float("nan")) for t in m["per_teacher"].values()]
         return (
@@ -206,6 +233,7 @@ STAGE = Stage(
     needs=(),
     config=lambda r: {"teacher": r.teacher, "world": r.data.world, "seed": r.seed},
     run=train_teacher,
-    training=lambda c: None if c["teacher"].checkpoint else c["teacher"].train,  # an adopted teacher is not trained
+    # An adopted teacher is not trained.
+    training=lambda c: None if c["teacher"].checkpoint or c["teacher"].checkpoints else c["teacher"].train,
     summary=_summary,
 )

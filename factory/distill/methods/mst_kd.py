@@ -1,9 +1,10 @@
 """MST-KD (Caldeira et al., seed 001): distillation from several specialised teachers through a learned adaptor.
 
-Every teacher of the build (``teacher.specialists``: one per group, or the balanced baseline) embeds the image; the
-normalised embeddings are concatenated in the teacher stage's recorded order (``teacher_alpha, teacher_beta, ...``:
-the world's group order, as the paper's fixed Asian, African, Caucasian, Indian) and an adaptor
-(:mod:`factory.distill.adaptors`) projects them to the student's embedding size. Two phases:
+Every teacher of the build (``teacher.specialists``: one per group, or the balanced baseline; or pre-trained ones
+adopted from ``teacher.checkpoints``) embeds the image; the normalised embeddings are concatenated in the teacher
+stage's recorded order (``teacher_alpha, teacher_beta, ...``: the world's group order, as the paper's fixed Asian,
+African, Caucasian, Indian; or the order of ``teacher.checkpoints``) and an adaptor (:mod:`factory.distill.adaptors`)
+projects them to the student's embedding size. Two phases:
 
 1. The adaptor is trained with an ElasticArcFace head over every identity of the labelled distill data, the teachers
    frozen, through the one training loop (the adaptor is the loop's model, the head the task's parameters). It is
@@ -231,7 +232,7 @@ class MSTKD:
         if len(ctx.teachers) < 2:
             raise ValueError(
                 f"distill.method mst_kd distils several teachers and got {len(ctx.teachers)}: set "
-                "teacher.specialists to per_group (or balanced)"
+                "teacher.specialists to per_group (or balanced), or name pre-trained ones in teacher.checkpoints"
             )
         if ctx.num_classes is None:
             raise ValueError("distill.method mst_kd trains its adaptor on identity labels, and the source gave none")
