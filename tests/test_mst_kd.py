@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -11,15 +12,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from distill_toys import TinyFaceNet
-from mst_toys import TOY, register_toy
+from mst_toys import GROUPS, TOY, register_toy
 from mst_toys import config as mst_config
+from PIL import Image
 from torch import nn
 
-from factory.data.sources import LabelledWorldBatches, ProceduralSourceConfig, SourceContext
+from factory.data.sources import (
+    FileBatches,
+    FilesSourceConfig,
+    LabelledWorldBatches,
+    ProceduralSourceConfig,
+    SourceContext,
+)
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.splits import identity_set
 from factory.distill.adaptors import ADAPTORS, create_adaptor
@@ -184,7 +193,8 @@ def teacher_sources(monkeypatch: pytest.MonkeyPatch) -> list[LabelledWorldBatche
 def teacher_stage(tmp_path: Path, **kw: Any) -> tuple[Any, StageContext]:
     register_toy()
     train = TrainConfig(steps=2, batch_size=8, checkpoint_every=100, tensorboard=False, channels_last=False)
-    cfg = TeacherConfig(model=TOY, source=ProceduralSourceConfig(), identities_per_group=4, train=train, **kw)
+    kw.setdefault("source", ProceduralSourceConfig())
+    cfg = TeacherConfig(model=TOY, identities_per_group=4, train=train, **kw)
     work = tmp_path / "teacher"
     work.mkdir(parents=True, exist_ok=True)
     ctx = StageContext({"teacher": cfg, "world": WorldConfig(), "seed": 0}, work, {}, None, progress=False)
@@ -245,6 +255,138 @@ def test_one_teacher_stays_the_single_teacher_path(tmp_path: Path, teacher_sourc
     made, ctx = teacher_stage(tmp_path)
     assert [a.name for a in made.artifacts] == ["teacher"] and "teachers" not in made.metrics
     assert (ctx.work_dir / "teacher.pt").is_file() and teacher_sources[0].num_classes == 16
+
+
+# ------------------------------------------------------------------------------- specialists on labelled files
+
+RACES = ("African", "Asian", "Caucasian", "Indian")  # BUPT-BalancedFace's folders
+
+
+def bupt_folder(root: Path) -> tuple[Path, Path]:
+    """A tiny BUPT-style <race>/<identity>/<image> folder (two identities of every race, two images each) and the
+    mapping of its races to the world's groups."""
+    ramp = np.arange(112)[None, :, None].repeat(112, axis=0).repeat(3, axis=2)
+    for r, race in enumerate(RACES):
+        for i in range(2):
+            folder = root / "bupt" / race / f"m.{race.lower()}{i}"
+            folder.mkdir(parents=True)
+            for j in range(2):
+                Image.fromarray(((ramp + 40 * r + 10 * i + j) % 256).astype(np.uint8)).save(folder / f"{j}.png")
+    mapping = root / "races.csv"
+    mapping.write_text("".join(f"{race},{group}\n" for race, group in zip(RACES, GROUPS, strict=True)))
+    return root / "bupt", mapping
+
+
+@pytest.fixture
+def file_sources(monkeypatch: pytest.MonkeyPatch) -> list[FileBatches]:
+    """Every files source a stage opens, with the labels of every batch it gave."""
+    opened: list[FileBatches] = []
+    init, batch = FileBatches.__init__, FileBatches.batch
+
+    def spy_init(self: FileBatches, *args: Any) -> None:
+        init(self, *args)
+        self.seen_labels = set()
+        opened.append(self)
+
+    def spy_batch(self: FileBatches, step: int) -> dict[str, Any]:
+        out = batch(self, step)
+        self.seen_labels |= set(out["labels"].tolist())
+        return out
+
+    monkeypatch.setattr(FileBatches, "__init__", spy_init)
+    monkeypatch.setattr(FileBatches, "batch", spy_batch)
+    return opened
+
+
+def test_per_group_teachers_on_bupt_folders_train_on_their_race_only(tmp_path: Path, file_sources: list) -> None:
+    bupt, mapping = bupt_folder(tmp_path)
+    source = FilesSourceConfig(path=str(bupt), group_mapping=str(mapping))
+    made, ctx = teacher_stage(tmp_path, specialists="per_group", source=source)
+    groups = ProceduralFaceWorld().group_names
+    assert made.metrics["teachers"] == [f"teacher_{g}" for g in groups] == [a.name for a in made.artifacts]
+    assert len(file_sources) == 4
+    for race, group, opened in zip(RACES, groups, file_sources, strict=True):
+        record = made.metrics["per_teacher"][f"teacher_{group}"]
+        assert record["groups"] == [group] and record["identities"] == opened.num_classes == 2
+        assert opened.ids.keys == [f"m.{race.lower()}0", f"m.{race.lower()}1"]
+        # Every image it can draw is one of its race's, labelled by its identity.
+        drawn = {
+            (str(opened.dataset.images._dataset.index.paths[r].parent), label)
+            for r, label in zip(opened.dataset.rows, opened.dataset.labels, strict=True)
+        }
+        assert drawn == {(str(bupt / race / f"m.{race.lower()}{i}"), i) for i in range(2)}
+        assert opened.seen_labels <= {0, 1}
+    assert len({t["seed"] for t in made.metrics["per_teacher"].values()}) == 4
+    # MST-KD distils from them on the same folders, opened labelled: every identity of the files.
+    distill = dataclasses.replace(mst_config(steps=2, adaptor_steps=2), source=FilesSourceConfig(path=str(bupt)))
+    teachers = StageOutput("teacher", "files", ctx.work_dir, {}, made.metrics, made.artifacts, True, 0.0)
+    (tmp_path / "distill").mkdir()
+    stage_ctx = StageContext(
+        config={"distill": distill, "world": WorldConfig(), "seed": 0},
+        work_dir=tmp_path / "distill",
+        inputs={"teacher": teachers},
+        recipe=Recipe(),
+        progress=False,
+    )
+    student = distill_student(stage_ctx)
+    assert student.metrics["teachers"] == made.metrics["teachers"] and student.metrics["data"] == str(bupt)
+    assert file_sources[-1].num_classes == 8 and student.metrics["steps"] == 2
+
+
+def test_balanced_teachers_on_files_share_every_race(tmp_path: Path, file_sources: list) -> None:
+    bupt, mapping = bupt_folder(tmp_path)
+    source = FilesSourceConfig(path=str(bupt), group_mapping=str(mapping))
+    made, _ = teacher_stage(tmp_path, specialists="balanced", count=2, source=source)
+    first, second = (set(s.ids.keys) for s in file_sources)
+    assert first == {f"m.{race.lower()}0" for race in RACES} and second == {f"m.{race.lower()}1" for race in RACES}
+    assert [t["identities"] for t in made.metrics["per_teacher"].values()] == [4, 4]
+
+
+def test_specialists_on_files_without_groups_are_refused(tmp_path: Path) -> None:
+    bupt, _ = bupt_folder(tmp_path)
+    flat = tmp_path / "bupt" / "African"  # <identity>/<image>: an ImageFolder without groups
+    with pytest.raises(
+        ValueError,
+        match=rf"teacher 'teacher_alpha' trains on its share of the identities, dealt by group, and {flat}: its "
+        r"images have no group \(expected a BUPT <group>/<identity>/<image> folder",
+    ):
+        teacher_stage(tmp_path, specialists="per_group", source=FilesSourceConfig(path=str(flat)))
+    with pytest.raises(ValueError, match=rf"and {bupt}: group 'African', .* is not one of the world's groups"):
+        teacher_stage(tmp_path / "b", specialists="per_group", source=FilesSourceConfig(path=str(bupt)))
+
+
+def test_the_paper_recipe_adopts_four_iresnet34_specialists_or_trains_them_on_bupt(tmp_path: Path) -> None:
+    paper = ROOT / "recipes" / "paper" / "mst_kd.yaml"
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(paper)
+    assert refused.value.only_missing_assets
+    stand_ins = []
+    for issue in refused.value.issues:
+        named = Path(issue.message.partition(" does not exist")[0])
+        stand_in = tmp_path / named.name
+        if named.suffix:
+            stand_in.write_bytes(b"")
+        elif not stand_in.exists():
+            stand_in.mkdir()
+        stand_ins.append(f"{issue.key}={stand_in}")
+    recipe = load_recipe(paper, stand_ins)
+    teacher, distill = recipe.teacher, recipe.distill
+    assert list(teacher.checkpoints) == ["african", "asian", "caucasian", "indian"]
+    assert teacher.model == distill.student == "iresnet34" and teacher.specialists == "none"
+    assert distill.source.kind == "files" and distill.method.kind == "mst_kd" and distill.method.adaptor == "sl"
+    assert (distill.method.loss, distill.method.lambda_kd, distill.method.adaptor_steps) == ("eaf_kd", 10000.0, None)
+    per_epoch = -(-1_300_000 // 128)
+    train = distill.train
+    assert train.steps == 26 * per_epoch and train.milestones == [e * per_epoch for e in (8, 14, 20, 25)]
+    assert (train.optimizer, train.lr, train.momentum, train.weight_decay, train.grad_clip_norm) == (
+        "sgd",
+        0.1,
+        0.9,
+        0.0005,
+        5.0,
+    )
+    trained = load_recipe(paper, [*stand_ins, "teacher.checkpoints=null", "teacher.specialists=per_group"])
+    assert trained.teacher.checkpoints is None and trained.teacher.source.group_mapping is not None
 
 
 # --------------------------------------------------------------------------------- pre-trained teachers, adopted
@@ -573,16 +715,24 @@ def test_check_refuses_one_group_and_too_few_identities(tmp_path: Path) -> None:
 def test_check_refuses_what_several_teachers_cannot_be(tmp_path: Path) -> None:
     issues = check(
         tmp_path,
-        "teacher:\n  specialists: per_group\n  count: 3\n  source: {kind: files, path: r.yaml}\n  checkpoint: r.yaml\n",
+        "teacher:\n  specialists: per_group\n  count: 3\n  source: {kind: procedural_set}\n  checkpoint: r.yaml\n",
     )
     where = f"{tmp_path / 'r.yaml'}"
     assert issues == [
         f"{where}:2: teacher.specialists: 'per_group' trains several teachers, and teacher.checkpoint adopts one "
         "(expected specialists: none with a checkpoint, or no checkpoint)",
         f"{where}:2: teacher.specialists: 'per_group' deals identities to teachers by group, which only the "
-        "procedural source knows for now; teacher.source is 'files' (expected {kind: procedural}, or specialists: "
-        "none)",
+        "procedural source and labelled files with groups know; teacher.source is 'procedural_set' (expected "
+        "{kind: procedural}, {kind: files, path: ...} with groups, or specialists: none)",
         f"{where}:3: teacher.count: got 3 with specialists 'per_group' (expected null, or 'balanced')",
+    ]
+    # Files are dealt by group when read: their identities are not the recipe's to count.
+    files = "teacher:\n  specialists: balanced\n  count: 5\n  source: {kind: files, path: r.yaml"
+    assert check(tmp_path, files + "}\n") == []
+    assert check(tmp_path, files + ", group_mapping: r.yaml}\n") == []
+    assert check(tmp_path, "teacher:\n  source: {kind: files, path: r.yaml, group_mapping: r.yaml}\n") == [
+        f"{where}:2: teacher.source.group_mapping: gives the files' identities groups for teacher.specialists, and "
+        "one teacher is trained on all of them (expected no group_mapping, or specialists: per_group or balanced)"
     ]
     issues = check(tmp_path, "teacher:\n  specialists: balanced\n  count: 5\n  identities_per_group: 4\n")
     assert issues == [

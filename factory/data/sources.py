@@ -38,7 +38,14 @@ from factory.data.mixing import LabelledImageDataset, RecordIODataset, read_flat
 from factory.data.real_synthetic import PlannedGroups, RealSyntheticBatches, fixed_set_context
 from factory.data.resampling import DynamicResampling
 from factory.data.source_context import SourceContext
-from factory.data.static import FileImages, RenderedSet, draw_by_group, keyed_batch, members_by_group
+from factory.data.static import (
+    FileImages,
+    RenderedSet,
+    ShardImages,
+    draw_by_group,
+    keyed_batch,
+    members_by_group,
+)
 from factory.data.world.seeding import make_generator, stable_seed
 from factory.data.world.splits import group_counts, identity_set, labelled_batch, unlabelled_batch
 from factory.recipe.schema import between
@@ -166,11 +173,14 @@ class FilesSourceConfig:
             fail("path", "missing (expected the path of a RecordIO pack, an image folder or a list)")
 
     def open(self, ctx: SourceContext) -> Any:
-        """A live source over the files."""
+        """A live source over the files (one teacher's share of their identities, by group, with ``ctx.shard``)."""
+        if ctx.shard is not None:
+            return FileBatches(self.path, ctx, self.group_mapping)
         if self.group_mapping is not None:
             raise ValueError(
-                f"group_mapping {self.group_mapping} gives the files of a real_synthetic source's part the world's "
-                "groups; a files source on its own does not use groups (remove it)"
+                f"group_mapping {self.group_mapping} gives the files the world's groups, for a real_synthetic "
+                "source's part or the teachers of teacher.specialists; a files source on its own does not use "
+                "groups (remove it)"
             )
         return FileBatches(self.path, ctx)
 
@@ -466,15 +476,24 @@ def _sampling_note(sampling: str, scale: float) -> str:
 class FileBatches(StatelessSource):
     """Deterministic random batches of files, labelled (teacher) or not (distillation)."""
 
-    def __init__(self, path: str | os.PathLike[str], ctx: SourceContext) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], ctx: SourceContext, group_mapping: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.ctx, self.stream = ctx, ctx.seed
         if ctx.shard is not None:
-            raise ValueError(
-                f"{path}: a files source does not know each identity's group, so it cannot give teacher "
-                f"{ctx.shard.name!r} its part of the identities (use teacher.source: {{kind: procedural}}, or "
-                "teacher.specialists: none)"
-            )
-        self.ctx = ctx
-        if ctx.labelled:
+            # One of several teachers: its share of the identities, by group, so the files must have groups. Its
+            # batches come from a stream of its own, as a procedural shard's do.
+            try:
+                images = FileImages(path, ctx.world.group_names, ctx.size, group_mapping=group_mapping, flip=True)
+            except ValueError as e:
+                raise ValueError(
+                    f"teacher {ctx.shard.name!r} trains on its share of the identities, dealt by group, and {e}"
+                ) from e
+            self.dataset = ShardImages(images, ctx.shard)
+            self.ids = self.dataset.ids
+            self.num_classes = len(self.ids)
+            self.stream = stable_seed(ctx.seed, "shard", ctx.shard.name)
+        elif ctx.labelled:
             self.dataset: torch.utils.data.Dataset = open_labelled(path, size=ctx.size)
             self.num_classes = identity_count(self.dataset)
         else:
@@ -486,7 +505,7 @@ class FileBatches(StatelessSource):
             gen = make_generator("files", self.ctx.seed, step)
             indices = torch.randint(0, len(self.dataset), (self.ctx.batch_size,), generator=gen)
             return keyed_batch(self.dataset, indices, torch.rand(len(indices), generator=gen) < 0.5)
-        items = file_batch(self.dataset, self.ctx.batch_size, step, self.ctx.seed)
+        items = file_batch(self.dataset, self.ctx.batch_size, step, self.stream)
         return {"pixels": torch.stack([i[0] for i in items]), "labels": torch.tensor([i[1] for i in items])}
 
 

@@ -28,7 +28,7 @@ from factory.data.formats.recordio import RecordIOReader
 from factory.data.mixing import LabelledImageDataset, RecordIODataset
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
-from factory.data.world.splits import identity_set
+from factory.data.world.splits import IdentitySet, IdentityShard, identity_set
 
 NO_KEY = -1  # the key of a sample that is never drawn again: nothing to cache
 _NO_GROUPS_EXPECTED = (
@@ -127,11 +127,12 @@ class FileImages:
         group_names: list[str],
         size: int = 112,
         group_mapping: str | os.PathLike[str] | None = None,
+        flip: bool = False,
     ) -> None:
         path = Path(path)
         self.source = str(path)
         if path.suffix in (".rec", ".idx"):
-            pack = RecordIODataset(path.with_suffix(".rec"), size=size)
+            pack = RecordIODataset(path.with_suffix(".rec"), size=size, flip=flip)
             with RecordIOReader(pack.rec) as reader:
                 identities = [str(reader.label(k)) for k in pack.keys]
             names = [NO_GROUP] * len(identities)
@@ -139,7 +140,7 @@ class FileImages:
         else:
             index = read_image_folder(path) if path.is_dir() else read_image_list(path)
             identities, names = index.identities, index.groups
-            self._dataset = LabelledImageDataset(index, size=size)
+            self._dataset = LabelledImageDataset(index, size=size, flip=flip)
         if group_mapping is not None:
             mapping = read_group_mapping(group_mapping)
             own = sorted({n for n in names if n != NO_GROUP})
@@ -162,13 +163,48 @@ class FileImages:
                     )
                 names = [mapping[i] for i in identities]
         self.groups = world_groups(names, group_names, str(path))
+        self.identities = identities  # of every image
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def image(self, index: int) -> Tensor:
-        """The decoded image (aligned, ``size``×``size``)."""
+        """The decoded image (aligned, ``size``×``size``; flipped with p ½ when made with ``flip``)."""
         return self._dataset[index][0]
+
+
+class ShardImages(torch.utils.data.Dataset):
+    """One teacher's share of labelled files with groups (MST-KD's specialists on real faces, e.g. BUPT's races).
+
+    The files' identities, each with its group, in sorted name order, are dealt to the teacher as the procedural
+    source deals its own (:meth:`~factory.data.world.splits.IdentityShard.select`: whole identities, a group's or a
+    share of every group's); labels index the kept ones. Items are ``(uint8 image, label)``.
+
+    Attributes:
+        ids: the kept identities (``keys`` their names, ``group`` their world groups; no latents).
+    """
+
+    def __init__(self, images: FileImages, shard: IdentityShard) -> None:
+        group_of: dict[str, int] = {}
+        for identity, group in zip(images.identities, images.groups.tolist(), strict=True):
+            if group_of.setdefault(identity, group) != group:
+                raise ValueError(
+                    f"{images.source}: identity {identity!r} has images in two groups (expected one group per "
+                    "identity: a teacher trains on whole identities)"
+                )
+        names = sorted(group_of)
+        everyone = IdentitySet(torch.zeros(len(names), 0), torch.tensor([group_of[n] for n in names]), names)
+        self.ids = shard.select(everyone)
+        label = {name: i for i, name in enumerate(self.ids.keys)}
+        self.images = images
+        self.rows = [i for i, identity in enumerate(images.identities) if identity in label]
+        self.labels = [label[images.identities[i]] for i in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images.image(self.rows[index]), self.labels[index]
 
 
 class RenderedSet:

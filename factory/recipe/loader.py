@@ -427,12 +427,24 @@ def _check_teachers(recipe: Recipe, v: _Validator) -> None:
 
     Single-teacher methods take the first of several teachers, so only a multi-teacher method is checked here.
     """
-    keys = ("teacher.specialists", "teacher.count", "teacher.identities_per_group", "teacher.checkpoints")
+    keys = (
+        "teacher.specialists",
+        "teacher.count",
+        "teacher.identities_per_group",
+        "teacher.checkpoints",
+        "teacher.source",
+    )
     if not v.clean(*keys, "data.world.taxonomy"):
         return
     teacher, method = recipe.teacher, recipe.distill.method
     count = _teacher_count(recipe)
-    if teacher.specialists == "balanced" and teacher.count is None and count > teacher.identities_per_group:
+    procedural = getattr(teacher.source, "kind", None) == "procedural"  # files' identities are counted when read
+    if (
+        procedural
+        and teacher.specialists == "balanced"
+        and teacher.count is None
+        and count > teacher.identities_per_group
+    ):
         v.fail(
             "teacher.identities_per_group",
             f"got {teacher.identities_per_group} for {count} balanced teachers, one per group (expected at least "

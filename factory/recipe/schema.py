@@ -262,8 +262,10 @@ class TeacherConfig:
     margin_std: float | None = field(default=None, metadata=between(ge=0))
     scale: float = field(default=32.0, metadata=between(gt=0))
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Several teachers (MST-KD, seed 001) instead of one. per_group: one specialist per group of the world, trained
-    # on that group's identities only (artifacts teacher_<group>, in the world's group order). balanced: `count`
+    # Several teachers (MST-KD, seed 001) instead of one, on the procedural source or labelled files with groups
+    # (BUPT's <race>/<identity>/ folders renamed by group_mapping, a list's group column, or group_mapping
+    # identity,group lines). per_group: one specialist per group of the world, trained on that group's identities
+    # only (artifacts teacher_<group>, in the world's group order). balanced: `count`
     # teachers (null: one per group), each on an equal, disjoint share of every group's identities (teacher_0, ...;
     # the paper's baseline). Either way the teachers together see the identities one teacher would, and each trains
     # for train.steps with its own seed. Kinds: factory.train.specialists.SPECIALISTS.
@@ -276,6 +278,13 @@ class TeacherConfig:
             fail("count", f"got {self.count} with specialists {self.specialists!r} (expected null, or 'balanced')")
         if self.checkpoints is not None:
             self._check_checkpoints(fail)
+        adopted = self.checkpoint is not None or self.checkpoints is not None
+        if self.specialists == "none" and not adopted and getattr(self.source, "group_mapping", None) is not None:
+            fail(
+                "source.group_mapping",
+                "gives the files' identities groups for teacher.specialists, and one teacher is trained on all of "
+                "them (expected no group_mapping, or specialists: per_group or balanced)",
+            )
         if self.specialists == "none":
             return
         if self.checkpoint is not None:
@@ -285,13 +294,15 @@ class TeacherConfig:
                 "specialists: none with a checkpoint, or no checkpoint)",
             )
         kind = getattr(self.source, "kind", None)
-        if kind != "procedural":
+        if kind not in ("procedural", "files"):
             fail(
                 "specialists",
-                f"{self.specialists!r} deals identities to teachers by group, which only the procedural source "
-                f"knows for now; teacher.source is {kind!r} (expected {{kind: procedural}}, or specialists: none)",
+                f"{self.specialists!r} deals identities to teachers by group, which only the procedural source and "
+                f"labelled files with groups know; teacher.source is {kind!r} (expected {{kind: procedural}}, "
+                "{kind: files, path: ...} with groups, or specialists: none)",
             )
-        if self.count is not None and self.count > self.identities_per_group:
+        # Files' identities are counted when they are read; the procedural source's are the recipe's.
+        if kind == "procedural" and self.count is not None and self.count > self.identities_per_group:
             fail(
                 "count",
                 f"got {self.count} balanced teachers for identities_per_group {self.identities_per_group} (expected "
