@@ -101,6 +101,33 @@ def test_nan_loss_stops_with_a_fix(tmp_path: Path) -> None:
         fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)
 
 
+def test_a_nan_after_a_checkpoint_names_its_terms_and_the_last_good_checkpoint(tmp_path: Path) -> None:
+    class NanAtStep(QueueTask):
+        """A loss that turns NaN at step 5, after the checkpoint of step 4."""
+
+        step = 0
+
+        def __call__(self, model: torch.nn.Module, batch: dict) -> TaskOutput:
+            out = super().__call__(model, batch)
+            NanAtStep.step += 1
+            poisoned = out.loss * float("nan") if NanAtStep.step == 6 else out.loss
+            return TaskOutput(poisoned, {**out.terms, "probe": 0.25}, out.per_sample)
+
+    cfg = TrainConfig(steps=8, batch_size=8, optimizer="sgd", lr=0.01, checkpoint_every=2, tensorboard=False)
+    with pytest.raises(NonFiniteLoss) as stopped:
+        fit(TinyNet(), NanAtStep(), DriftingSource(), cfg, tmp_path, progress=False)
+    message = str(stopped.value)
+    assert message.startswith("train: loss is nan at step 5; lower the lr in the recipe (terms: loss nan, ")
+    assert "probe 0.25" in message
+    assert message.endswith(f"the last good checkpoint is {tmp_path / RESUME_FILE} (step 4)")
+    assert torch.load(tmp_path / RESUME_FILE, weights_only=False)["step"] == 4  # it is there, and good
+
+    fresh = tmp_path / "fresh"
+    NanAtStep.step = 5  # NaN on the first step: nothing saved yet
+    with pytest.raises(NonFiniteLoss, match=r"no checkpoint was written before it \(train.checkpoint_every\)$"):
+        fit(TinyNet(), NanAtStep(), DriftingSource(), cfg, fresh, progress=False)
+
+
 def test_a_damaged_resume_checkpoint_is_named(tmp_path: Path) -> None:
     cfg = TrainConfig(steps=4, batch_size=8, optimizer="sgd", lr=0.01, checkpoint_every=2)
     fit(TinyNet(), QueueTask(), DriftingSource(), cfg, tmp_path, progress=False)

@@ -115,6 +115,7 @@ def fit(
     scaler = precision.scaler(device)
     resume = work_dir / RESUME_FILE
     start, history = 0, []
+    saved = None  # the step of the last good checkpoint (what a stop on a NaN points back to)
     if resume.is_file():  # every rank resumes from the one checkpoint rank 0 wrote
         try:
             state = read_checkpoint(resume, map_location=device)
@@ -128,6 +129,7 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state.get("scaler", {}))  # {} from a disabled scaler, or a checkpoint before amp
         start, history = int(state["step"]), list(state["history"])
+        saved = start
         if "rng" in state:  # absent from a checkpoint written before the loop saved the generators
             restore_rng(state["rng"])
     replica = world.replicate(model, device)  # after the resume: DDP starts every rank from rank 0's weights
@@ -150,7 +152,7 @@ def fit(
             terms = world.mean({"loss": out.loss.item(), **out.terms}, device)
             loss = terms["loss"]
             if not math.isfinite(loss):
-                raise NonFiniteLoss(f"{label}: loss is {loss} at step {step}; lower the lr in the recipe")
+                raise NonFiniteLoss(_stop_message(label, f"loss is {loss}", step, terms, resume, saved))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(out.loss).backward()
             world.average_gradients(task.parameters())  # DDP averaged the model's
@@ -162,7 +164,7 @@ def fit(
                 # Clipping a NaN or infinite norm would write NaN (or zeros) into every weight without a word; with
                 # fp16 an overflow is the loss scale's to handle (the scaler skips that step and lowers the scale).
                 elif not scaler.is_enabled():
-                    raise NonFiniteLoss(f"{label}: gradient norm is {norm} at step {step}; lower the lr in the recipe")
+                    raise NonFiniteLoss(_stop_message(label, f"gradient norm is {norm}", step, terms, resume, saved))
             lr = scheduler.get_last_lr()[0]  # the lr of this step (scheduler.step() moves on to the next one's)
             scaler.step(optimizer)
             scaler.update()
@@ -182,7 +184,9 @@ def fit(
             bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
             bar.update(1)
             done = step + 1
-            if done % cfg.checkpoint_every == 0 and done < cfg.steps and world.main:
+            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                saved = done  # every rank counts it; rank 0 writes it
+            if saved == done and world.main:
                 state = {
                     "model": model.state_dict(),
                     "task": task.state_dict(),
@@ -219,6 +223,17 @@ def fit(
         compute_seconds=compute_time / ran if ran > 0 else 0.0,
         world_size=world.size,
     )
+
+
+def _stop_message(label: str, what: str, step: int, terms: dict[str, float], resume: Path, saved: int | None) -> str:
+    """Why training stopped, with every loss term of that step and where a fixed recipe would resume from."""
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
+    where = (
+        f"the last good checkpoint is {resume} (step {saved})"
+        if saved is not None
+        else "no checkpoint was written before it (train.checkpoint_every)"
+    )
+    return f"{label}: {what} at step {step}; lower the lr in the recipe (terms: {shown}); {where}"
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
