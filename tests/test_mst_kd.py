@@ -169,25 +169,30 @@ def test_adaptor_schedule_is_the_students_scaled_to_its_steps() -> None:
 # ------------------------------------------------------------------------------------------ several teachers
 
 
+def spy_on_sources(monkeypatch: pytest.MonkeyPatch, cls: type, key: str, seen: str) -> list[Any]:
+    """Every ``cls`` source opened from now on, each gathering the ``key`` values of its batches in ``.<seen>``."""
+    opened: list[Any] = []
+    init, batch = cls.__init__, cls.batch
+
+    def spy_init(self: Any, *args: Any) -> None:
+        init(self, *args)
+        setattr(self, seen, set())
+        opened.append(self)
+
+    def spy_batch(self: Any, step: int) -> dict[str, Any]:
+        out = batch(self, step)
+        getattr(self, seen).update(out[key].tolist())
+        return out
+
+    monkeypatch.setattr(cls, "__init__", spy_init)
+    monkeypatch.setattr(cls, "batch", spy_batch)
+    return opened
+
+
 @pytest.fixture
 def teacher_sources(monkeypatch: pytest.MonkeyPatch) -> list[LabelledWorldBatches]:
     """Every labelled world source a stage opens, with the groups of every batch it gave."""
-    opened: list[LabelledWorldBatches] = []
-    init, batch = LabelledWorldBatches.__init__, LabelledWorldBatches.batch
-
-    def spy_init(self: LabelledWorldBatches, ctx: SourceContext) -> None:
-        init(self, ctx)
-        self.seen_groups = set()
-        opened.append(self)
-
-    def spy_batch(self: LabelledWorldBatches, step: int) -> dict[str, Any]:
-        out = batch(self, step)
-        self.seen_groups |= set(out["groups"].tolist())
-        return out
-
-    monkeypatch.setattr(LabelledWorldBatches, "__init__", spy_init)
-    monkeypatch.setattr(LabelledWorldBatches, "batch", spy_batch)
-    return opened
+    return spy_on_sources(monkeypatch, LabelledWorldBatches, "groups", "seen_groups")
 
 
 def teacher_stage(tmp_path: Path, **kw: Any) -> tuple[Any, StageContext]:
@@ -280,22 +285,7 @@ def bupt_folder(root: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def file_sources(monkeypatch: pytest.MonkeyPatch) -> list[FileBatches]:
     """Every files source a stage opens, with the labels of every batch it gave."""
-    opened: list[FileBatches] = []
-    init, batch = FileBatches.__init__, FileBatches.batch
-
-    def spy_init(self: FileBatches, *args: Any) -> None:
-        init(self, *args)
-        self.seen_labels = set()
-        opened.append(self)
-
-    def spy_batch(self: FileBatches, step: int) -> dict[str, Any]:
-        out = batch(self, step)
-        self.seen_labels |= set(out["labels"].tolist())
-        return out
-
-    monkeypatch.setattr(FileBatches, "__init__", spy_init)
-    monkeypatch.setattr(FileBatches, "batch", spy_batch)
-    return opened
+    return spy_on_sources(monkeypatch, FileBatches, "labels", "seen_labels")
 
 
 def test_per_group_teachers_on_bupt_folders_train_on_their_race_only(tmp_path: Path, file_sources: list) -> None:

@@ -88,12 +88,7 @@ def distill_student(ctx: StageContext) -> StageResult:
         "data": cfg.source.describe(where),
         "method": cfg.method.describe(),
         "params": count_params(student),
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "images_per_second": result.images_per_second,
-        "world_size": result.world_size,
-        "final": result.final_terms,
-        "history": result.history,
+        **result.metrics(),
     }
     for part in (source, task):  # what they report of the run: a mix's composition, the teacher cache's counts,
         metrics.update(getattr(part, "report", dict)())  # what a method did before the student (MST-KD's adaptor)

@@ -56,6 +56,17 @@ class FitResult:
     compute_seconds: float = 0.0
     world_size: int = 1  # training processes (DDP ranks); images_per_second counts all of theirs
 
+    def metrics(self) -> dict[str, Any]:
+        """What a training stage reports of the run: steps, where it resumed, throughput, final terms, history."""
+        return {
+            "steps": self.steps,
+            "resumed_from": self.resumed_from,
+            "images_per_second": self.images_per_second,
+            "world_size": self.world_size,
+            "final": self.final_terms,
+            "history": self.history,
+        }
+
 
 class NonFiniteLoss(ValueError):
     """The loss became NaN or infinite: continuing would only waste the remaining steps.

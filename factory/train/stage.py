@@ -49,25 +49,7 @@ def train_teacher(ctx: StageContext) -> StageResult:
         return train_teachers(ctx)
     torch.manual_seed(seed)
     model = create_model(cfg.model)
-    where = SourceContext(
-        world=make_world(ctx.config["world"]),
-        batch_size=cfg.train.batch_size,
-        seed=seed,
-        split=TEACHER_SPLIT,
-        labelled=True,
-        size=model.contract.input_size[0],
-        identities_per_group=cfg.identities_per_group,
-    )
-    source = cfg.source.open(where)
-    head = create_head(
-        cfg.head,
-        model.contract.embedding_dim,
-        source.num_classes,
-        scale=cfg.scale,
-        margin=cfg.margin,
-        margin_std=cfg.margin_std,  # None (the head's default) for every head; check refuses it on a plain one
-    )
-    task = TASKS.get("margin_classification")(head)
+    where, source, task = _classification(cfg, model, make_world(ctx.config["world"]), seed)
     result = fit(model, task, source, cfg.train, ctx.work_dir, "teacher", ctx.progress)
     data = cfg.source.describe(where)
     if current_world().main:  # under DDP every rank holds the same weights; one writes them
@@ -82,12 +64,7 @@ def train_teacher(ctx: StageContext) -> StageResult:
         "params": count_params(model),
         "identities": source.num_classes,
         "data": data,
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "images_per_second": result.images_per_second,
-        "world_size": result.world_size,
-        "final": result.final_terms,
-        "history": result.history,
+        **result.metrics(),
     }
     return StageResult(metrics, [Artifact("teacher", (TEACHER_FILE,), "torch", reference=True)])
 
@@ -116,23 +93,17 @@ def train_teachers(ctx: StageContext) -> StageResult:
     return StageResult(metrics, artifacts)
 
 
-def _train_planned(ctx: StageContext, world: Any, plan: TeacherPlan) -> dict[str, Any]:
-    """Train one planned teacher (or read back the one already trained) and return its record."""
-    cfg = ctx.config["teacher"]
-    path = ctx.work_dir / plan.file
-    if path.is_file():
-        return {**read_checkpoint(path)["extra"], "reused": True}
-    torch.manual_seed(plan.seed)
-    model = create_model(cfg.model)
+def _classification(cfg: Any, model: Any, world: Any, seed: int, shard: Any = None) -> tuple[Any, Any, Any]:
+    """A teacher's labelled source (all its identities, or one ``shard`` of them) and its margin-head task."""
     where = SourceContext(
         world=world,
         batch_size=cfg.train.batch_size,
-        seed=ctx.config["seed"],
+        seed=seed,
         split=TEACHER_SPLIT,
         labelled=True,
         size=model.contract.input_size[0],
         identities_per_group=cfg.identities_per_group,
-        shard=plan.shard,
+        shard=shard,
     )
     source = cfg.source.open(where)
     head = create_head(
@@ -141,9 +112,20 @@ def _train_planned(ctx: StageContext, world: Any, plan: TeacherPlan) -> dict[str
         source.num_classes,
         scale=cfg.scale,
         margin=cfg.margin,
-        margin_std=cfg.margin_std,
+        margin_std=cfg.margin_std,  # None (the head's default) for every head; check refuses it on a plain one
     )
-    task = TASKS.get("margin_classification")(head)
+    return where, source, TASKS.get("margin_classification")(head)
+
+
+def _train_planned(ctx: StageContext, world: Any, plan: TeacherPlan) -> dict[str, Any]:
+    """Train one planned teacher (or read back the one already trained) and return its record."""
+    cfg = ctx.config["teacher"]
+    path = ctx.work_dir / plan.file
+    if path.is_file():
+        return {**read_checkpoint(path)["extra"], "reused": True}
+    torch.manual_seed(plan.seed)
+    model = create_model(cfg.model)
+    where, source, task = _classification(cfg, model, world, ctx.config["seed"], plan.shard)
     result = fit(model, task, source, cfg.train, ctx.work_dir, plan.name, ctx.progress)
     groups = sorted({world.group_names[int(g)] for g in source.ids.group}, key=world.group_names.index)
     # Only what the run determines goes into the checkpoint (no timings): a teacher read back after an interruption

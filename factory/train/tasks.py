@@ -33,7 +33,7 @@ class MarginClassificationTask(ModuleTask):
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
         """Cross-entropy over margin logits."""
-        embeddings = model(model_input(model, batch["pixels"]))
+        embeddings = model(self.inputs(model, batch))
         logits = self.head(embeddings, batch["labels"])
         loss = F.cross_entropy(logits, batch["labels"])
         with torch.no_grad():
@@ -41,3 +41,7 @@ class MarginClassificationTask(ModuleTask):
             cos = F.linear(F.normalize(embeddings), F.normalize(self.head.weight))
             acc = (cos.argmax(1) == batch["labels"]).float().mean().item()
         return TaskOutput(loss, {"acc": acc})
+
+    def inputs(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """What ``model`` embeds: the batch's pixels in its own input convention."""
+        return model_input(model, batch["pixels"])

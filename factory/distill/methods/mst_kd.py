@@ -40,7 +40,7 @@ from factory.recipe import TrainConfig
 from factory.recipe.schema import between
 from factory.train.loop import clear_resume, fit, restore_rng, rng_state
 from factory.train.task import ModuleTask, TaskOutput
-from factory.train.tasks import model_input
+from factory.train.tasks import MarginClassificationTask, model_input
 
 ADAPTOR_FILE = "adaptor.pt"
 ADAPTOR_FORMAT = "factory.adaptor/1"
@@ -60,29 +60,22 @@ def _frozen(teachers: Sequence[nn.Module]) -> nn.ModuleList:
     return nn.ModuleList(t.eval().requires_grad_(False) for t in teachers)
 
 
-class AdaptorTask(ModuleTask):
+class AdaptorTask(MarginClassificationTask):
     """Phase 1: the adaptor (the loop's model) and a margin head learn identities from the frozen teachers.
 
     The teachers are not resumed (they are rebuilt from their checkpoints); the head is.
     """
 
-    trainable = ("head",)
-
     def __init__(self, teachers: Sequence[nn.Module], head: nn.Module) -> None:
-        self.teachers, self.head = _frozen(teachers), head
+        super().__init__(head)
+        self.teachers = _frozen(teachers)
         self.modules = {"teachers": self.teachers, "head": head}
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> TaskOutput:
-        """Cross-entropy of the margin logits of ``model(concat)``, and the plain accuracy."""
+    def inputs(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The adaptor embeds the teachers' concatenated normalised embeddings, not pixels."""
+        del model
         with torch.no_grad():
-            fused = concat_teachers(self.teachers, batch["pixels"])
-        embeddings = model(fused)
-        logits = self.head(embeddings, batch["labels"])
-        loss = F.cross_entropy(logits, batch["labels"])
-        with torch.no_grad():
-            cos = F.linear(F.normalize(embeddings), F.normalize(self.head.weight))
-            acc = (cos.argmax(1) == batch["labels"]).float().mean().item()
-        return TaskOutput(loss, {"acc": acc})
+            return concat_teachers(self.teachers, batch["pixels"])
 
 
 class MSTKDTask(ModuleTask):
