@@ -39,6 +39,7 @@ from factory.evaluate.benchmark_eval import (
     evaluate_embeddings,
     resample_benchmark,
 )
+from factory.files import atomic_path
 from factory.models.external import model_runner
 from factory.pipeline.build import build
 from factory.recipe import load_recipe
@@ -114,9 +115,17 @@ def measure_arm(name: str, arm: Arm, overrides: list[str], run_dir: Path, replic
     built = build(recipe, until="distill", progress=False)
     seconds = time.perf_counter() - start
     bench = PairBenchmark.load(built.stages["data"].path(BENCHMARK_FILE))
-    runner = model_runner(recipe.distill.student, built.stages["distill"].path(STUDENT_FILE), threads=recipe.threads)
-    embeddings = embed_images(embed_uint8(runner), bench.images, recipe.validate.batch_size, recipe.validate.flip)
     distill = built.stages["distill"]
+    # Embeddings are kept per student (its stage key names it), so an interrupted study restarts where it stopped.
+    kept = run_dir / "study_embeddings" / f"{name}_{distill.dir.name}_flip{int(recipe.validate.flip)}.npy"
+    if kept.exists():
+        embeddings = np.load(kept)
+    else:
+        runner = model_runner(recipe.distill.student, distill.path(STUDENT_FILE), threads=recipe.threads)
+        embeddings = embed_images(embed_uint8(runner), bench.images, recipe.validate.batch_size, recipe.validate.flip)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(kept) as tmp, open(tmp, "wb") as f:
+            np.save(f, embeddings)
     return {
         "bench": bench,
         "embeddings": embeddings,
