@@ -288,6 +288,14 @@ def file_sources(monkeypatch: pytest.MonkeyPatch) -> list[FileBatches]:
     return spy_on_sources(monkeypatch, FileBatches, "labels", "seen_labels")
 
 
+def distill_from(made: Any, teacher_dir: Path, distill: Any, work: Path) -> Any:
+    """Run the distill stage on a finished teacher stage's result (its metrics and artifacts)."""
+    teachers = StageOutput("teacher", "teacher", teacher_dir, {}, made.metrics, made.artifacts, True, 0.0)
+    work.mkdir()
+    config = {"distill": distill, "world": WorldConfig(), "seed": 0}
+    return distill_student(StageContext(config, work, {"teacher": teachers}, Recipe(), progress=False))
+
+
 def test_per_group_teachers_on_bupt_folders_train_on_their_race_only(tmp_path: Path, file_sources: list) -> None:
     bupt, mapping = bupt_folder(tmp_path)
     source = FilesSourceConfig(path=str(bupt), group_mapping=str(mapping))
@@ -309,16 +317,7 @@ def test_per_group_teachers_on_bupt_folders_train_on_their_race_only(tmp_path: P
     assert len({t["seed"] for t in made.metrics["per_teacher"].values()}) == 4
     # MST-KD distils from them on the same folders, opened labelled: every identity of the files.
     distill = dataclasses.replace(mst_config(steps=2, adaptor_steps=2), source=FilesSourceConfig(path=str(bupt)))
-    teachers = StageOutput("teacher", "files", ctx.work_dir, {}, made.metrics, made.artifacts, True, 0.0)
-    (tmp_path / "distill").mkdir()
-    stage_ctx = StageContext(
-        config={"distill": distill, "world": WorldConfig(), "seed": 0},
-        work_dir=tmp_path / "distill",
-        inputs={"teacher": teachers},
-        recipe=Recipe(),
-        progress=False,
-    )
-    student = distill_student(stage_ctx)
+    student = distill_from(made, ctx.work_dir, distill, tmp_path / "distill")
     assert student.metrics["teachers"] == made.metrics["teachers"] and student.metrics["data"] == str(bupt)
     assert file_sources[-1].num_classes == 8 and student.metrics["steps"] == 2
 
@@ -414,17 +413,7 @@ def test_adopted_checkpoints_are_the_specialists_artifacts_in_the_mappings_order
     assert TEACHER_STAGE.trains(TEACHER_STAGE.config(load_recipe(MST_RECIPE))) is not None
     assert TEACHER_STAGE.trains({"teacher": cfg}) is None  # nothing to train: no DDP launch for it
     # MST-KD takes them unchanged, in their order.
-    distill = mst_config(steps=2, adaptor_steps=2)
-    teachers = StageOutput("teacher", "adopted", work, {}, made.metrics, made.artifacts, True, 0.0)
-    (tmp_path / "distill").mkdir()
-    stage_ctx = StageContext(
-        config={"distill": distill, "world": WorldConfig(), "seed": 0},
-        work_dir=tmp_path / "distill",
-        inputs={"teacher": teachers},
-        recipe=Recipe(),
-        progress=False,
-    )
-    student = distill_student(stage_ctx)
+    student = distill_from(made, work, mst_config(steps=2, adaptor_steps=2), tmp_path / "distill")
     assert student.metrics["teachers"] == names
     assert torch.load(tmp_path / "distill" / ADAPTOR_FILE, weights_only=False)["teachers"] == names
     assert read_checkpoint(tmp_path / "distill" / "student.pt")["extra"]["teachers"] == names
