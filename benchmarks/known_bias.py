@@ -9,7 +9,7 @@ from every other group. With --baseline the demo recipe (the same world without 
 too, so each group's shift is visible. Writes benchmarks/results/known_bias.json.
 
 Usage: python benchmarks/known_bias.py [--baseline] [--set KEY=VALUE ...]
-(on 2 cores: about 11 minutes to build, 6 more to measure both models at the demo's 2000 pairs per group.)
+(on 2 cores: about 11 minutes to build, 6 more to measure both models at the recipe's 2000 pairs per group, with flip.)
 """
 
 from __future__ import annotations
