@@ -36,6 +36,7 @@ RELEASE_FILES = {
     "student_fp32.bin",
     "student_fp32.xml",
     "student_int8.bin",
+    "student_int8.onnx",
     "student_int8.xml",
 }
 
@@ -81,7 +82,8 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     manifest = json.loads((release / "manifest.json").read_text())
     assert set(manifest["files"]) == RELEASE_FILES - {"manifest.json"}
     assert manifest["contract"]["input_size"] == [112, 112] and manifest["contract"]["embedding_dim"] == 512
-    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8"}
+    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"}
+    assert manifest["artifacts"]["onnx_int8"]["derived_from"] == "onnx_fp32"
     assert all(g["passed"] for g in manifest["gates"])
     assert {g["gate"] for g in manifest["gates"]} == {
         "mean accuracy",
@@ -90,14 +92,22 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
         "INT8 drop vs FP32",
     }
     ledger = manifest["fairness_ledger"]
-    assert [r["stage"] for r in ledger] == ["teacher", "torch_fp32", "onnx_fp32", "openvino_fp32", "openvino_int8"]
+    assert [r["stage"] for r in ledger] == [
+        "teacher",
+        "torch_fp32",
+        "onnx_fp32",
+        "openvino_fp32",
+        "openvino_int8",
+        "onnx_int8",
+    ]
     assert "## Fairness ledger" in (release / "report.md").read_text()
-    groups = manifest["artifacts"]["openvino_int8"]["metrics"]["evaluation"]["groups"]
-    assert len(groups) >= 4
+    for int8 in ("openvino_int8", "onnx_int8"):
+        assert len(manifest["artifacts"][int8]["metrics"]["evaluation"]["groups"]) >= 4
     assert manifest["lineage"]["recipe"]["distill"]["train"]["steps"] == 12
     assert manifest["lineage"]["packages"]["nncf"]
-    # The gate table is printed before the release path.
-    assert any(line.startswith("openvino_int8") and "INT8 drop vs FP32" in line for line in lines)
+    # The gate table is printed before the release path; both INT8 artifacts are gated on their drop.
+    for int8 in ("openvino_int8", "onnx_int8"):
+        assert any(line.startswith(int8) and "INT8 drop vs FP32" in line for line in lines)
 
 
 def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[str]], tmp_path: Path) -> None:
@@ -109,7 +119,7 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("ok   golden") == 3
+    assert out.stdout.count("ok   golden") == 4
     # Tampering with an artifact is caught (on a copy: the build's own release stays intact for later tests).
     release = Path(shutil.copytree(release, tmp_path / "copy"))
     onnx = release / "student.onnx"
@@ -124,7 +134,7 @@ def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[s
     assert "FAIL golden onnx_fp32: not run" in out.stdout and "ok   golden openvino_int8" in out.stdout
     # The same checks through the factory CLI.
     verified = CliRunner().invoke(main, ["release", "verify", str(first_build[0] / "release")])
-    assert verified.exit_code == 0 and verified.output.count("ok   golden") == 3, verified.output
+    assert verified.exit_code == 0 and verified.output.count("ok   golden") == 4, verified.output
     tampered = CliRunner().invoke(main, ["release", "verify", str(release)])
     assert tampered.exit_code == 1 and "FAIL sha256 student.onnx: MISMATCH or missing" in tampered.output
 
@@ -358,7 +368,8 @@ def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, lis
     gates = result.stages["release"].metrics["gates"]
     assert {g["artifact"] for g in gates} == set(students)  # teachers are never gated
     manifest = json.loads((result.release_dir / "manifest.json").read_text())
-    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8"}
+    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"}
+    assert manifest["artifacts"]["onnx_int8"]["derived_from"] == "onnx_fp32"
     assert set(manifest["reference"]) == {*MST_TEACHERS, "torch_fp32"}
     assert [r["stage"] for r in manifest["fairness_ledger"]] == [*MST_TEACHERS, *students]
     report = (result.release_dir / "report.md").read_text()

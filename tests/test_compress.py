@@ -1,4 +1,5 @@
-"""Compression: NNCF PTQ of an OpenVINO FP32 IR gives a real INT8 IR that keeps the contract and the embeddings.
+"""Compression: NNCF PTQ of an OpenVINO FP32 IR gives a real INT8 IR, and of an ONNX FP32 model a Q/DQ INT8 ONNX
+model; both keep the contract and the embeddings.
 
 Its drift from FP32 is measured on the same number of held-out faces from every group and reported per group.
 """
@@ -12,14 +13,15 @@ import torch
 from helpers import randomise_stats
 from torch import nn
 
-from factory.compress.ptq import head_node_names, quantize_openvino
+from factory.compress.compressors import COMPRESSORS, CompressContext, OnnxPTQ, OpenVINOPTQ
+from factory.compress.ptq import PTQSettings, head_node_names, onnx_head_node_names, quantize_onnx, quantize_openvino
 from factory.compress.stage import _summary, drift_faces
 from factory.data.benchmark import PairBenchmark, pair_layout
-from factory.export.onnx import export_onnx
+from factory.export.onnx import export_onnx, read_onnx_contract
 from factory.export.openvino import convert_to_openvino, read_openvino_contract
 from factory.export.parity import check_parity, drift_by_group, fixed_inputs, format_group_drift
 from factory.runtime.contract import ModelContract
-from factory.runtime.runners import openvino_runner
+from factory.runtime.runners import onnx_runner, openvino_runner
 
 CONTRACT = ModelContract(input_size=(32, 32), embedding_dim=512)
 
@@ -44,10 +46,13 @@ class TrainedIshNet(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def fp32_xml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fp32")
-    onnx_path = export_onnx(TrainedIshNet().eval(), root / "net.onnx")
-    return convert_to_openvino(onnx_path, root / "net_fp32.xml")
+def fp32_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_onnx(TrainedIshNet().eval(), tmp_path_factory.mktemp("fp32") / "net.onnx")
+
+
+@pytest.fixture(scope="module")
+def fp32_xml(fp32_onnx: Path) -> Path:
+    return convert_to_openvino(fp32_onnx, fp32_onnx.with_name("net_fp32.xml"))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +113,8 @@ def test_keep_head_float_leaves_the_embedding_linear_unquantized(
     convolutions = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"}
     head = set(head_node_names(model))
     assert matmuls <= head and not convolutions & head
-    out = quantize_openvino(fp32_xml, fp32_xml.with_name("head_float.xml"), calibration[:16], keep_head_float=True)
+    settings = PTQSettings(keep_head_float=True)
+    out = quantize_openvino(fp32_xml, fp32_xml.with_name("head_float.xml"), calibration[:16], settings)
     # Quantized: int8 weights dequantized by a Multiply; kept float: the fp32 constant feeds the MatMul directly.
     assert embedding_weight_producer(int8_xml)[0] == "Multiply"
     assert embedding_weight_producer(out) == ("Constant", "f32")
@@ -117,14 +123,96 @@ def test_keep_head_float_leaves_the_embedding_linear_unquantized(
 
 def test_bad_arguments_fail_before_quantizing(fp32_xml: Path, calibration: np.ndarray, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown PTQ preset 'fast'"):
-        quantize_openvino(fp32_xml, tmp_path / "x.xml", calibration, preset="fast")
+        PTQSettings(preset="fast")
+    with pytest.raises(ValueError, match="unknown PTQ activation_range 'max'.*minmax, mean_minmax"):
+        PTQSettings(activation_range="max")
+    with pytest.raises(ValueError, match="unknown PTQ overflow_fix 'on'"):
+        PTQSettings(overflow_fix="on")
     with pytest.raises(TypeError, match="uint8"):
         quantize_openvino(fp32_xml, tmp_path / "x.xml", np.zeros((4, 3, 32, 32), np.uint8))
     with pytest.raises(ValueError, match="empty"):
         quantize_openvino(fp32_xml, tmp_path / "x.xml", calibration[:0])
     with pytest.raises(FileNotFoundError, match="no such OpenVINO IR"):
         quantize_openvino(tmp_path / "missing.xml", tmp_path / "x.xml", calibration)
-    assert not (tmp_path / "x.xml").exists()
+    with pytest.raises(FileNotFoundError, match="no such ONNX model"):
+        quantize_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx", calibration)
+    with pytest.raises(ValueError, match="empty"):
+        quantize_onnx(fp32_xml.with_name("net.onnx"), tmp_path / "x.onnx", calibration[:0])
+    assert not (tmp_path / "x.xml").exists() and not (tmp_path / "x.onnx").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Q/DQ ONNX
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(fp32_onnx: Path, calibration: np.ndarray) -> Path:
+    return quantize_onnx(fp32_onnx, fp32_onnx.with_name("net_int8.onnx"), calibration)
+
+
+def onnx_op_counts(path: Path) -> Counter:
+    import onnx
+
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_qdq_onnx_is_quantized_keeps_contract_and_runs_in_onnx_runtime(fp32_onnx: Path, int8_onnx: Path) -> None:
+    import onnx
+
+    before, after = onnx_op_counts(fp32_onnx), onnx_op_counts(int8_onnx)
+    assert before["QuantizeLinear"] == before["DequantizeLinear"] == 0
+    # Activations are quantized then dequantized in front of every Conv and the Gemm; weights are dequantized.
+    assert after["QuantizeLinear"] >= before["Conv"] and after["DequantizeLinear"] > after["QuantizeLinear"]
+    model = onnx.load(str(int8_onnx))
+    weight_types = {init.data_type for init in model.graph.initializer}
+    assert onnx.TensorProto.INT8 in weight_types  # the weights themselves are stored as 8-bit integers
+    assert read_onnx_contract(int8_onnx) == CONTRACT
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch kept
+    inputs = fixed_inputs(CONTRACT, n=16, seed=0)
+    result = check_parity(onnx_runner(fp32_onnx), onnx_runner(int8_onnx), inputs)
+    assert 0.9 < result.min_cosine < 1.0, result
+    assert onnx_runner(int8_onnx)(inputs[:3]).shape == (3, 512)
+    assert not list(int8_onnx.parent.glob(".*partial*"))
+
+
+def test_keep_head_float_in_onnx_leaves_the_gemm_unquantized(fp32_onnx: Path, calibration: np.ndarray) -> None:
+    import onnx
+
+    fp32 = onnx.load(str(fp32_onnx))
+    # The exporter folds the embedding BatchNorm1d into the Gemm: the head is that one node, no Conv.
+    assert onnx_head_node_names(fp32) == [node.name for node in fp32.graph.node if node.op_type == "Gemm"]
+    settings = PTQSettings(keep_head_float=True)
+    out = quantize_onnx(fp32_onnx, fp32_onnx.with_name("head_float.onnx"), calibration[:16], settings)
+    model = onnx.load(str(out))
+    (gemm,) = [node for node in model.graph.node if node.op_type == "Gemm"]
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    assert producers.get(gemm.input[1]) is None  # the fp32 initializer feeds it directly, no DequantizeLinear
+    assert onnx_op_counts(out)["QuantizeLinear"] > 0, "the trunk must still be quantized"
+
+
+def test_activation_ranges_from_the_whole_calibration_set_keep_rare_faces(fp32_xml: Path, tmp_path: Path) -> None:
+    # Calibration of ordinary faces plus a few much brighter/contrastier ones: NNCF's default averages each
+    # sample's extremes, so the rare samples' activations are clipped; global min/max ranges cover them.
+    ordinary = fixed_inputs(CONTRACT, n=60, seed=3)
+    rare = fixed_inputs(CONTRACT, n=4, seed=4) * 3.0
+    calibration = np.concatenate([ordinary, rare]).astype(np.float32)
+    cosines = {}
+    for mode in ("minmax", "mean_minmax"):
+        xml = quantize_openvino(fp32_xml, tmp_path / f"{mode}.xml", calibration, PTQSettings(activation_range=mode))
+        cosines[mode] = check_parity(openvino_runner(fp32_xml), openvino_runner(xml), rare).min_cosine
+    assert cosines["minmax"] > cosines["mean_minmax"], cosines
+
+
+def test_compressors_are_registered_and_name_the_export_they_need(tmp_path: Path) -> None:
+    assert {"openvino_ptq", "onnx_ptq"} <= set(COMPRESSORS.names())
+    assert OpenVINOPTQ().settings() == PTQSettings(overflow_fix="enable")
+    assert OnnxPTQ().settings() == PTQSettings(overflow_fix="first_layer")
+    ctx = CompressContext(parents={}, calibration=np.zeros((1, 3, 32, 32), np.float32), work_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"onnx_ptq quantizes the onnx_fp32 artifact: list \{kind: onnx\}"):
+        OnnxPTQ().compress(ctx)
+    with pytest.raises(ValueError, match=r"openvino_ptq quantizes the openvino_fp32 artifact: list \{kind: openvino\}"):
+        OpenVINOPTQ().compress(ctx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,18 +290,21 @@ def test_drift_by_group_is_consistent_with_overall_and_with_check_parity() -> No
 
 
 def test_compress_summary_names_the_group_that_drifts_most() -> None:
-    drift = {"mean_cosine": 0.97, "groups": {"a": {"mean_cosine": 0.98}, "b": {"mean_cosine": 0.95}}}
+    drift = {"mean_cosine": 0.97, "p1_cosine": 0.91, "groups": {"a": {"mean_cosine": 0.98}, "b": {"mean_cosine": 0.95}}}
     metrics = {
         "calibration_images": 300,
         "drift_images_per_group": 64,
         "methods": {
-            "openvino_int8": {
-                "method": {"kind": "openvino_ptq", "preset": "mixed"},
-                "quantize_seconds": 7.6,
-                "drift": drift,
-            }
+            "openvino_int8": {"method": {"kind": "openvino_ptq"}, "quantize_seconds": 7.6, "drift": drift},
+            "onnx_int8": {
+                "method": {"kind": "onnx_ptq"},
+                "quantize_seconds": 9.0,
+                "drift": {**drift, "p1_cosine": 0.9},
+            },
         },
     }
     assert _summary(metrics) == (
-        "INT8 (mixed) on 300 synthetic faces in 7.6s, cosine vs FP32 0.9700 on 64 faces per group (lowest b 0.9500)"
+        "openvino_int8 in 7.6s, cosine vs FP32 0.9700 (1st percentile 0.9100, lowest group b 0.9500); "
+        "onnx_int8 in 9.0s, cosine vs FP32 0.9700 (1st percentile 0.9000, lowest group b 0.9500); "
+        "calibrated on 300 synthetic faces, drift on 64 held-out faces per group"
     )

@@ -1,6 +1,6 @@
 """Compressors, registered by ``kind``: each derives a smaller or faster artifact from one the build already has.
 
-A recipe lists them, ``compress.methods: [{kind: openvino_ptq, preset: mixed}]``; the registered object is that
+A recipe lists them, ``compress.methods: [{kind: openvino_ptq}, {kind: onnx_ptq}]``; the registered object is that
 entry's config dataclass, and its ``compress`` writes the new files and returns their
 :class:`~factory.runtime.artifacts.Artifact` record, ``derived_from`` its parent. The compress stage measures every
 result against its parent on held-out faces; validation and the gates then treat it like any other artifact.
@@ -9,13 +9,14 @@ result against its parent on held-out faces; validation and the gates then treat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from factory.compress.ptq import quantize_openvino
+from factory.compress.ptq import PTQSettings, quantize_onnx, quantize_openvino
+from factory.recipe.schema import between
 from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
 
@@ -34,31 +35,48 @@ class CompressContext:
     work_dir: Path
 
 
+@dataclass
+class NNCFPTQ:
+    """NNCF post-training INT8 quantization on synthetic calibration faces (QuantFace), the base of its compressors.
+
+    Its fields are :class:`~factory.compress.ptq.PTQSettings`, whose defaults were measured best for fidelity.
+    """
+
+    kind: str = "nncf_ptq"
+    preset: Literal["mixed", "performance"] = "mixed"
+    # minmax: each activation range spans the whole calibration set; mean_minmax: NNCF's default (clips outliers)
+    activation_range: Literal["minmax", "mean_minmax"] = "minmax"
+    # 7-bit weights against the saturating u8 x s8 multiply of CPUs without VNNI: every layer, the first, or none
+    overflow_fix: Literal["enable", "first_layer", "disable"] = "enable"
+    fast_bias_correction: bool = True
+    keep_head_float: bool = False  # leave the embedding head (after the last feature map) in floating point
+    subset_size: int | None = field(default=None, metadata=between(ge=1))  # calibration faces used; null: all
+
+    def settings(self) -> PTQSettings:
+        """This entry as the quantizer's settings."""
+        return PTQSettings(**{f.name: getattr(self, f.name) for f in fields(PTQSettings)})
+
+    def parent(self, ctx: CompressContext, name: str, export_kind: str) -> Any:
+        """The FP32 artifact this method quantizes, or a recipe error naming the export it needs."""
+        if name not in ctx.parents:
+            raise ValueError(
+                f"compress.methods: {self.kind} quantizes the {name} artifact: list {{kind: {export_kind}}} in "
+                "export.formats"
+            )
+        return ctx.parents[name]
+
+
 @COMPRESSORS.register("openvino_ptq")
 @dataclass
-class OpenVINOPTQ:
-    """NNCF post-training INT8 quantization of the OpenVINO FP32 IR (QuantFace-style synthetic calibration)."""
+class OpenVINOPTQ(NNCFPTQ):
+    """NNCF PTQ of the OpenVINO FP32 IR to an INT8 IR that OpenVINO runs with INT8 kernels."""
 
     kind: str = "openvino_ptq"
-    preset: Literal["mixed", "performance"] = "mixed"
-    keep_head_float: bool = False
-    fast_bias_correction: bool = True
 
     def compress(self, ctx: CompressContext) -> Artifact:
         """Write ``student_int8.xml/.bin``."""
-        if "openvino_fp32" not in ctx.parents:
-            raise ValueError(
-                "compress.methods: openvino_ptq quantizes the OpenVINO FP32 IR: list {kind: openvino} in export.formats"
-            )
-        parent = ctx.parents["openvino_fp32"]
-        quantize_openvino(
-            parent.path,
-            ctx.work_dir / "student_int8.xml",
-            ctx.calibration,
-            preset=self.preset,
-            keep_head_float=self.keep_head_float,
-            fast_bias_correction=self.fast_bias_correction,
-        )
+        parent = self.parent(ctx, "openvino_fp32", "openvino")
+        quantize_openvino(parent.path, ctx.work_dir / "student_int8.xml", ctx.calibration, self.settings())
         return Artifact(
             "openvino_int8",
             ("student_int8.xml", "student_int8.bin"),
@@ -67,4 +85,27 @@ class OpenVINOPTQ:
             derived_from=parent.name,
             golden_min_cosine=INT8_GOLDEN_MIN_COSINE,
             options={"precision": "f32"},  # the non-quantized ops run in FP32, as when it was measured
+        )
+
+
+@COMPRESSORS.register("onnx_ptq")
+@dataclass
+class OnnxPTQ(NNCFPTQ):
+    """NNCF PTQ of the ONNX FP32 model to a Q/DQ INT8 ONNX model (ONNX Runtime runs it, TensorRT builds it)."""
+
+    kind: str = "onnx_ptq"
+    # ONNX Runtime's Q/DQ kernels kept embeddings closer with full 8-bit weights after the first layer
+    overflow_fix: Literal["enable", "first_layer", "disable"] = "first_layer"
+
+    def compress(self, ctx: CompressContext) -> Artifact:
+        """Write ``student_int8.onnx``."""
+        parent = self.parent(ctx, "onnx_fp32", "onnx")
+        quantize_onnx(parent.path, ctx.work_dir / "student_int8.onnx", ctx.calibration, self.settings())
+        return Artifact(
+            "onnx_int8",
+            ("student_int8.onnx",),
+            "onnxruntime",
+            precision="int8",
+            derived_from=parent.name,
+            golden_min_cosine=INT8_GOLDEN_MIN_COSINE,
         )

@@ -99,16 +99,18 @@ def compress_student(ctx: StageContext) -> StageResult:
 
 def _summary(m: dict[str, Any]) -> str:
     parts = []
-    for entry in m["methods"].values():
+    for name, entry in m["methods"].items():
         drift = entry["drift"]
         # The group the artifact moves most: a mean over all groups can hide it.
         worst, stats = min(drift["groups"].items(), key=lambda item: item[1]["mean_cosine"])
         parts.append(
-            f"INT8 ({entry['method'].get('preset', entry['method']['kind'])}) on {m['calibration_images']} synthetic "
-            f"faces in {entry['quantize_seconds']:.1f}s, cosine vs FP32 {drift['mean_cosine']:.4f} on "
-            f"{m['drift_images_per_group']} faces per group (lowest {worst} {stats['mean_cosine']:.4f})"
+            f"{name} in {entry['quantize_seconds']:.1f}s, cosine vs FP32 {drift['mean_cosine']:.4f} "
+            f"(1st percentile {drift['p1_cosine']:.4f}, lowest group {worst} {stats['mean_cosine']:.4f})"
         )
-    return "; ".join(parts)
+    return (
+        f"{'; '.join(parts)}; calibrated on {m['calibration_images']} synthetic faces, drift on "
+        f"{m['drift_images_per_group']} held-out faces per group"
+    )
 
 
 STAGE = Stage(

@@ -141,7 +141,7 @@ def rewrite_prelu_for_ort(model: onnx.ModelProto) -> int:
     """
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    ranks = _value_ranks(model)
+    ranks = value_ranks(model)
     new_nodes: list[onnx.NodeProto] = []
     replaced_slopes: set[str] = set()
     rewritten = 0
@@ -187,7 +187,7 @@ def restore_prelu(model: onnx.ModelProto) -> int:
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     by_name = {node.name: node for node in graph.node}
-    ranks = _value_ranks(model)
+    ranks = value_ranks(model)
     replaced: dict[str, onnx.NodeProto] = {}  # name of the rewrite's Add -> the restored PRelu
     dropped: set[str] = set()
     for node in graph.node:
@@ -229,7 +229,8 @@ def _channel_scale(graph: onnx.GraphProto, x: str, y: str, scale: np.ndarray, pr
     return helper.make_node("BatchNormalization", [x, *names], [y], name=f"{prefix}/bn", epsilon=0.0)
 
 
-def _value_ranks(model: onnx.ModelProto) -> dict[str, int | None]:
+def value_ranks(model: onnx.ModelProto) -> dict[str, int | None]:
+    """The rank of every value of the graph that ONNX shape inference can type (None where it has no shape)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     ranks: dict[str, int | None] = {}
     for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:

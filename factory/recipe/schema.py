@@ -367,7 +367,7 @@ class ExportConfig:
 
 @dataclass
 class CompressConfig:
-    """Compression of exported artifacts: NNCF post-training INT8 quantization of the OpenVINO FP32 IR today."""
+    """Compression of exported artifacts: NNCF post-training INT8 of the OpenVINO FP32 IR and of the ONNX FP32 model."""
 
     # Each derives an artifact from one the build has. Kinds: factory.compress.compressors.COMPRESSORS.
     methods: list[Any] = field(default=None, metadata={"union": "compressor", "default": [{"kind": "openvino_ptq"}]})
