@@ -12,7 +12,7 @@ runs on the build's 300 synthetic calibration faces, and is measured against its
 
 Rows: NNCF on the OpenVINO IR and on the ONNX model with NNCF's defaults and with each setting of the factory's
 :class:`~factory.compress.ptq.PTQSettings` changed; ONNX Runtime's ``quantize_static`` (QDQ, per-channel, the
-comparison the issue names), with and without ``reduce_range``. Writes benchmarks/results/quantization_fidelity.json.
+comparison the issue names), with and without ``reduce_range``. Writes benchmarks/results/<--name>.json.
 
 The students come from ``factory build`` run directories (``--run MODEL=DIR``, built with ``--until export``); the
 script reads their export and data stages and changes nothing there.
@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--drift-per-group", type=int, default=200)
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of latency timing per row and batch")
     parser.add_argument("--quick", action="store_true", help="three OpenVINO and two NNCF ONNX rows only")
+    parser.add_argument("--name", default="quantization_fidelity", help="results/<name>.json")
     args = parser.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,7 +236,7 @@ def main() -> None:
                 flat[f"{name} | {label} | cosine mean"] = row["cosine"]["mean_cosine"]
                 flat[f"{name} | {label} | cosine p1"] = row["cosine"]["p1_cosine"]
     record = {"machine": cpu_name(), "threads_latency": 1, "results": flat, "students": results}
-    save_results("quantization_fidelity", record, digits=4)
+    save_results(args.name, record, digits=4)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ TINY_BUILD = [
     "gates.min_accuracy=0.3",
     "gates.max_std=0.5",
     "gates.max_int8_drop=0.5",
+    "gates.max_int8_group_drop=0.5",
+    "gates.min_int8_cosine=0.5",
+    "gates.min_int8_p1_cosine=0.5",
     "gates.max_latency_ms=1000",
 ]
 

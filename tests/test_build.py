@@ -90,6 +90,9 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
         "accuracy STD",
         "latency ms (b1)",
         "INT8 drop vs FP32",
+        "INT8 worst group drop",
+        "INT8 cosine to FP32 (mean)",
+        "INT8 cosine to FP32 (1st pct)",
     }
     ledger = manifest["fairness_ledger"]
     assert [r["stage"] for r in ledger] == [
@@ -288,6 +291,7 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
         "openvino_fp32",
         "openvino_fp16",
         "openvino_int8",
+        "onnx_int8",
     ]
     gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
     assert {("openvino_fp16", "mean accuracy"), ("openvino_fp16", "latency ms (b1)")} <= gates
@@ -357,7 +361,7 @@ def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, lis
 
     result = run_build(small_recipe("mst_kd", first_build[0]), echo=lambda line: None)
     validation = result.stages["validate"].metrics
-    students = ["torch_fp32", "onnx_fp32", "openvino_fp32", "openvino_int8"]
+    students = ["torch_fp32", "onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"]
     assert validation["order"] == [*MST_TEACHERS, *students] and validation["references"] == MST_TEACHERS
     # Each specialist measured per group; the student paired with the first teacher, its recorded parent.
     assert all(

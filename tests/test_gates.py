@@ -320,3 +320,53 @@ def test_the_one_line_summary_counts_unresolved_passes_apart() -> None:
     assert gate_summary(rows) == "7/7 gates passed (1 not resolvable, let through by the recipe)"
     old = [{"passed": True}, {"passed": False}]  # rows recorded before outcomes existed
     assert gate_summary(old) == "1/2 gates passed"
+
+
+def test_int8_cosine_floors_read_the_compress_drift_in_the_record() -> None:
+    drift = {"against": "fp32", "mean_cosine": 0.9965, "p1_cosine": 0.978, "n": 800}
+    lineage = [
+        *LINEAGE[:2],
+        Artifact("int8", ("a.xml", "a.bin"), "openvino", "int8", derived_from="fp32", parity=drift),
+    ]
+    gates = GatesConfig(
+        min_accuracy=None, max_std=None, max_int8_drop=None, min_int8_cosine=0.995, min_int8_p1_cosine=0.98
+    )
+    rows = {r.key: r for r in evaluate_gates(gates, lineage_metrics([0.0, 0.02]), lineage)}
+    assert set(rows) == {"min_int8_cosine", "min_int8_p1_cosine", "max_latency_ms"}  # FP32 artifacts: no cosine gate
+    assert (rows["min_int8_cosine"].value, rows["min_int8_cosine"].passed) == (0.9965, True)
+    assert (rows["min_int8_p1_cosine"].value, rows["min_int8_p1_cosine"].passed) == (0.978, False)
+    table = format_gate_table(list(rows.values()))
+    assert "0.9780" in table and ">= 0.9800" in table and "97.80%" not in table  # a cosine is not a percentage
+    # An INT8 artifact whose compressor measured no drift cannot be checked: the gate fails.
+    unmeasured = {r.key: r for r in evaluate_gates(gates, lineage_metrics([0.0, 0.02]), LINEAGE)}
+    assert not unmeasured["min_int8_cosine"].passed and unmeasured["min_int8_cosine"].gate.endswith("(n/a)")
+
+
+def group_comparison(drops: dict[str, tuple[float, float, float]]) -> dict:
+    """A paired comparison with the parent whose per-group deltas are minus the given (drop, low, high)."""
+    groups = {g: {"delta": -d, "ci": [-high, -low]} for g, (d, low, high) in drops.items()}
+    return {**paired("fp32", -0.01, [-0.02, 0.0]), "groups": groups}
+
+
+@pytest.mark.parametrize(
+    ("drops", "spec", "expected"),
+    [
+        # every group shown within 0.02: pass; the value is the largest point drop
+        ({"a": (0.010, 0.000, 0.015), "b": (0.005, -0.01, 0.019)}, GateSpec(0.02), (0.010, [0.0, 0.019], PASS)),
+        # one group shown beyond the limit fails the gate, whatever the others do
+        ({"a": (0.030, 0.025, 0.040), "b": (0.0, -0.01, 0.01)}, GateSpec(0.02), (0.030, [0.025, 0.04], FAIL)),
+        # one group's interval holds the limit: not resolvable
+        ({"a": (0.015, 0.005, 0.030), "b": (0.0, -0.01, 0.01)}, GateSpec(0.02), (0.015, [0.005, 0.03], UNRESOLVED)),
+        # point mode: the largest point drop against the limit
+        ({"a": (0.025, 0.005, 0.030), "b": (0.0, -0.01, 0.01)}, GateSpec(0.02, "point"), (0.025, [0.005, 0.03], FAIL)),
+    ],
+)
+def test_worst_group_drop_gate_is_shown_within_only_when_every_group_is(drops, spec, expected) -> None:
+    metrics = lineage_metrics([0.0, 0.02])
+    metrics["comparisons"]["int8"] = group_comparison(drops)
+    gates = GatesConfig(min_accuracy=None, max_std=None, max_int8_drop=None, max_latency_ms=None)
+    gates.max_int8_group_drop = spec
+    (row,) = evaluate_gates(gates, metrics, LINEAGE)
+    value, interval, outcome = expected
+    assert row.gate == "INT8 worst group drop" and row.value == pytest.approx(value)
+    assert row.interval == pytest.approx(interval) and row.outcome == outcome

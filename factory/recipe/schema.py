@@ -440,6 +440,13 @@ class GatesConfig:
     max_std: float | GateSpec | None = field(default=0.05, metadata=_FRACTION)
     # every INT8 artifact's mean accuracy below the FP32 artifact it was quantized from (its `derived_from`)
     max_int8_drop: float | GateSpec | None = field(default=0.01, metadata=_FRACTION)
+    # the largest drop of any one group's accuracy, INT8 vs its parent (paired per group; confidence mode: every
+    # group shown within the limit to pass, any group shown beyond it to fail)
+    max_int8_group_drop: float | GateSpec | None = field(default=None, metadata=_FRACTION)
+    # embedding cosine of every INT8 artifact to its parent on held-out faces of every group (compress stage):
+    # mean and 1st percentile; point gates (the cosine is measured on every face, not sampled from a population)
+    min_int8_cosine: float | GateSpec | None = field(default=None, metadata=_FRACTION)
+    min_int8_p1_cosine: float | GateSpec | None = field(default=None, metadata=_FRACTION)
     # batch-1 median, every exported artifact
     max_latency_ms: float | LatencyGateSpec | None = field(default=50.0, metadata=between(gt=0))
 

@@ -120,6 +120,47 @@ GATES.register("max_int8_drop")(
         interval=_drop_ci,
     )
 )
+
+
+def _group_drops(paired: dict[str, Any] | None) -> list[tuple[float, Interval | None]]:
+    """Each group's drop (parent minus artifact) with its paired interval, from the comparison with the parent."""
+    drops = []
+    for stats in ((paired or {}).get("groups") or {}).values():
+        ci = _bounds(stats.get("ci"))
+        drops.append((-float(stats["delta"]), None if ci is None else (-ci[1], -ci[0])))
+    return drops
+
+
+def _worst_group_drop_ci(entry: dict[str, Any], parent: dict[str, Any] | None, paired: dict[str, Any] | None) -> Any:
+    # The largest drop is shown inside a <= limit only when every group's upper bound is, and shown above it when
+    # any group's lower bound is: so its interval runs from the largest lower bound to the largest upper bound.
+    drops = _group_drops(paired)
+    if not drops or any(ci is None for _, ci in drops):
+        return None
+    return [max(ci[0] for _, ci in drops), max(ci[1] for _, ci in drops)]
+
+
+def _parity(key: str) -> Callable[[dict[str, Any], dict[str, Any] | None], float | None]:
+    # The compress stage's drift from the parent on held-out faces, kept in the artifact's record.
+    return lambda e, p: (e.get("parity") or {}).get(key)
+
+
+GATES.register("max_int8_group_drop")(
+    Gate(
+        "INT8 worst group drop",
+        "<=",
+        lambda a: a.precision == "int8",
+        lambda e, p: max((drop for drop, _ in _group_drops(e.get("paired"))), default=None),
+        True,
+        interval=_worst_group_drop_ci,
+    )
+)
+GATES.register("min_int8_cosine")(
+    Gate("INT8 cosine to FP32 (mean)", ">=", lambda a: a.precision == "int8", _parity("mean_cosine"))
+)
+GATES.register("min_int8_p1_cosine")(
+    Gate("INT8 cosine to FP32 (1st pct)", ">=", lambda a: a.precision == "int8", _parity("p1_cosine"))
+)
 GATES.register("max_latency_ms")(
     Gate(
         "latency ms (b1)",
@@ -222,7 +263,6 @@ def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any], artifacts: list[
             for key, gate, spec in configured:
                 if gate.needs_parent != pairwise or not gate.applies(records[name]):
                     continue
-                entry = metrics["artifacts"][name]
                 parent = records[name].derived_from
                 parent_entry = metrics["artifacts"].get(parent) if parent else None
                 if gate.needs_parent and parent_entry is None:
@@ -231,6 +271,8 @@ def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any], artifacts: list[
                 # Only a comparison with the parent the gate compares against is the drop's interval.
                 paired = comparisons.get(name)
                 paired = paired if paired and paired.get("against") == parent else None
+                # The record's drift from its parent (compress stage) and the paired comparison ride with the entry.
+                entry = {**metrics["artifacts"][name], "parity": records[name].parity, "paired": paired}
                 interval = _bounds(gate.interval(entry, parent_entry, paired))
                 level = _level(paired if gate.needs_parent else None, entry["evaluation"].get("uncertainty"))
                 rows.append(_row(name, key, gate, spec, gate.value(entry, parent_entry), interval, level))
@@ -238,15 +280,16 @@ def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any], artifacts: list[
 
 
 def _percent(r: GateResult) -> bool:
-    return "ms" not in r.gate
+    return "ms" not in r.gate and "cosine" not in r.gate
 
 
 def _show_value(r: GateResult) -> str:
-    """``3.45% [2.31, 4.92]`` (interval in the value's unit, points for a fraction) or ``1.61 [1.58, 1.66]``."""
+    """Value and interval: ``3.45% [2.31, 4.92]`` (points for a fraction), ``1.61 [1.58, 1.66]``, ``0.9965``."""
     scale, unit = (100.0, "%") if _percent(r) else (1.0, "")
-    text = f"{scale * r.value:.2f}{unit}"
+    digits = 4 if "cosine" in r.gate else 2
+    text = f"{scale * r.value:.{digits}f}{unit}"
     if r.interval is not None:
-        text += f" [{scale * r.interval[0]:.2f}, {scale * r.interval[1]:.2f}]"
+        text += f" [{scale * r.interval[0]:.{digits}f}, {scale * r.interval[1]:.{digits}f}]"
     return text
 
 
@@ -264,7 +307,8 @@ def format_gate_table(rows: list[GateResult]) -> str:
     head = ["artifact", "gate", "mode", "value [CI]", "limit", "result"]
     cells = []
     for r in rows:
-        limit = f"{r.comparison} {100 * r.limit:.2f}%" if _percent(r) else f"{r.comparison} {r.limit:.2f}"
+        digits = 4 if "cosine" in r.gate else 2
+        limit = f"{r.comparison} {100 * r.limit:.2f}%" if _percent(r) else f"{r.comparison} {r.limit:.{digits}f}"
         cells.append([r.artifact, r.gate, r.mode, _show_value(r), limit, _show_result(r)])
     widths = [max(len(c) for c in column) for column in zip(head, *cells, strict=True)]
     right = {3, 4}  # numbers line up on the right
