@@ -206,8 +206,8 @@ def test_activation_ranges_from_the_whole_calibration_set_keep_rare_faces(fp32_x
 
 def test_compressors_are_registered_and_name_the_export_they_need(tmp_path: Path) -> None:
     assert {"openvino_ptq", "onnx_ptq"} <= set(COMPRESSORS.names())
-    assert OpenVINOPTQ().settings() == PTQSettings(overflow_fix="enable")
-    assert OnnxPTQ().settings() == PTQSettings(overflow_fix="first_layer")
+    assert isinstance(OpenVINOPTQ(), PTQSettings) and OpenVINOPTQ().overflow_fix == "enable"
+    assert OnnxPTQ().overflow_fix == "first_layer" and OnnxPTQ().activation_range == PTQSettings().activation_range
     ctx = CompressContext(parents={}, calibration=np.zeros((1, 3, 32, 32), np.float32), work_dir=tmp_path)
     with pytest.raises(ValueError, match=r"onnx_ptq quantizes the onnx_fp32 artifact: list \{kind: onnx\}"):
         OnnxPTQ().compress(ctx)

@@ -9,14 +9,13 @@ result against its parent on held-out faces; validation and the gates then treat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from factory.compress.ptq import PTQSettings, quantize_onnx, quantize_openvino
-from factory.recipe.schema import between
 from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
 
@@ -36,25 +35,14 @@ class CompressContext:
 
 
 @dataclass
-class NNCFPTQ:
+class NNCFPTQ(PTQSettings):
     """NNCF post-training INT8 quantization on synthetic calibration faces (QuantFace), the base of its compressors.
 
-    Its fields are :class:`~factory.compress.ptq.PTQSettings`, whose defaults were measured best for fidelity.
+    Its recipe keys are :class:`~factory.compress.ptq.PTQSettings`' fields, whose defaults were measured best for
+    fidelity; the entry itself is the quantizer's settings.
     """
 
     kind: str = "nncf_ptq"
-    preset: Literal["mixed", "performance"] = "mixed"
-    # minmax: each activation range spans the whole calibration set; mean_minmax: NNCF's default (clips outliers)
-    activation_range: Literal["minmax", "mean_minmax"] = "minmax"
-    # 7-bit weights against the saturating u8 x s8 multiply of CPUs without VNNI: every layer, the first, or none
-    overflow_fix: Literal["enable", "first_layer", "disable"] = "enable"
-    fast_bias_correction: bool = True
-    keep_head_float: bool = False  # leave the embedding head (after the last feature map) in floating point
-    subset_size: int | None = field(default=None, metadata=between(ge=1))  # calibration faces used; null: all
-
-    def settings(self) -> PTQSettings:
-        """This entry as the quantizer's settings."""
-        return PTQSettings(**{f.name: getattr(self, f.name) for f in fields(PTQSettings)})
 
     def parent(self, ctx: CompressContext, name: str, export_kind: str) -> Any:
         """The FP32 artifact this method quantizes, or a recipe error naming the export it needs."""
@@ -76,7 +64,7 @@ class OpenVINOPTQ(NNCFPTQ):
     def compress(self, ctx: CompressContext) -> Artifact:
         """Write ``student_int8.xml/.bin``."""
         parent = self.parent(ctx, "openvino_fp32", "openvino")
-        quantize_openvino(parent.path, ctx.work_dir / "student_int8.xml", ctx.calibration, self.settings())
+        quantize_openvino(parent.path, ctx.work_dir / "student_int8.xml", ctx.calibration, self)
         return Artifact(
             "openvino_int8",
             ("student_int8.xml", "student_int8.bin"),
@@ -100,7 +88,7 @@ class OnnxPTQ(NNCFPTQ):
     def compress(self, ctx: CompressContext) -> Artifact:
         """Write ``student_int8.onnx``."""
         parent = self.parent(ctx, "onnx_fp32", "onnx")
-        quantize_onnx(parent.path, ctx.work_dir / "student_int8.onnx", ctx.calibration, self.settings())
+        quantize_onnx(parent.path, ctx.work_dir / "student_int8.onnx", ctx.calibration, self)
         return Artifact(
             "onnx_int8",
             ("student_int8.onnx",),

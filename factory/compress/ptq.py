@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from factory.recipe.schema import between
 
 if TYPE_CHECKING:
     import onnx
@@ -42,9 +44,9 @@ _HEAD_OP_TYPES = {"MatMul", "Convolution", "GroupConvolution", "Add", "Multiply"
 _ONNX_HEAD_OP_TYPES = {"Gemm", "MatMul", "Conv", "Add", "Mul", "Sub"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class PTQSettings:
-    """How NNCF quantizes (the recipe's compressor entry carries the same fields).
+    """How NNCF quantizes (the recipe's compressor entries derive from it, so these are their keys).
 
     Attributes:
         preset: ``"mixed"`` (symmetric weights, asymmetric activations) or ``"performance"`` (both symmetric; what
@@ -65,7 +67,7 @@ class PTQSettings:
     overflow_fix: Literal["enable", "first_layer", "disable"] = "enable"
     fast_bias_correction: bool = True
     keep_head_float: bool = False
-    subset_size: int | None = None
+    subset_size: int | None = field(default=None, metadata=between(ge=1))  # calibration faces used; null: all
 
     def __post_init__(self) -> None:
         for name, allowed in (
