@@ -261,10 +261,11 @@ def check(recipe: Path, overrides: tuple[str, ...], resolved: bool) -> None:
 
 
 def _warn_benchmark(parsed: Recipe) -> None:
-    """What the recipe's benchmark cannot resolve (FMR targets, confidence gates): ``warning:`` lines on stderr."""
+    """``warning:`` lines on stderr: what the benchmark cannot resolve (FMR targets, gates), what calibration risks."""
+    from factory.data.calibration import calibration_warnings
     from factory.evaluate.planning import recipe_warnings
 
-    for line in recipe_warnings(parsed):
+    for line in [*calibration_warnings(parsed.data.calibration), *recipe_warnings(parsed)]:
         click.echo(f"warning: {line}", err=True)
 
 

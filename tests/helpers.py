@@ -19,7 +19,7 @@ DEMO_RECIPE = ROOT / "recipes" / "tinyfar_synthdistill.yaml"
 # The demo recipe shrunk to seconds: the mechanism end to end, not the quality (the demo checks that).
 TINY_BUILD = [
     "data.benchmark_pairs_per_group=40",
-    "data.calibration_images=32",
+    "data.calibration.images=32",
     "data.preview_identities=2",
     "data.preview_samples=2",
     "teacher.identities_per_group=4",

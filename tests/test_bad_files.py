@@ -20,7 +20,7 @@ import onnx
 import pytest
 import torch
 from bad_input import EXIT_INPUT, Case, check_case
-from helpers import encode_png
+from helpers import encode_png, procedural_bin
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -222,9 +222,40 @@ def make_ir_bin_truncated(tmp: Path) -> list[str]:
 def make_teacher_checkpoint_corrupt(tmp: Path) -> list[str]:
     (tmp / "recipe.yaml").write_text("name: t\n")
     cut(tiny_onnx(tmp / "teacher.onnx"))
-    sets = ["teacher.checkpoint=teacher.onnx", "data.benchmark_pairs_per_group=40", "data.calibration_images=4"]
+    sets = ["teacher.checkpoint=teacher.onnx", "data.benchmark_pairs_per_group=40", "data.calibration.images=4"]
     sets += ["data.preview_identities=1", "data.preview_samples=1"]
     return ["build", "recipe.yaml", "--until", "teacher", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+
+
+def calibration_build(benchmark: str, calibration: str) -> list[str]:
+    """``factory build --until data`` of a real benchmark with a files calibration source."""
+    Path("recipe.yaml").write_text("name: c\n")
+    sets = [
+        f"data.benchmark={benchmark}",
+        "data.calibration.source.kind=files",
+        f"data.calibration.source.path={calibration}",
+    ]
+    sets += ["data.calibration.images=4", "data.calibration.balance=source", "data.preview_identities=1"]
+    sets += ["data.preview_samples=1"]
+    return ["build", "recipe.yaml", "--until", "data", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+
+
+def make_calibration_of_benchmark_images(tmp: Path) -> list[str]:
+    procedural_bin(tmp / "bench.bin")
+    (tmp / "faces").mkdir()
+    for i, encoded in enumerate(VerificationBin.load(tmp / "bench.bin").images[:6]):
+        (tmp / "faces" / f"{i}.png").write_bytes(encoded)
+    return calibration_build("bench.bin", "faces")
+
+
+def make_calibration_folder_holds_benchmark(tmp: Path) -> list[str]:
+    (tmp / "data").mkdir()
+    procedural_bin(tmp / "data" / "bench.bin")
+    return calibration_build("data/bench.bin", "data")
+
+
+def no_data_stage(tmp: Path) -> None:
+    assert not list(tmp.glob("runs/*/stages/data/*/stage.json")), "a data stage finished"
 
 
 def weights(name: str) -> list[str]:
@@ -551,6 +582,23 @@ CASES = [
         EXIT_INPUT,
         ["teacher.onnx: corrupt or not an ONNX model", expecting("an ONNX model")],
         no_teacher,
+        max_lines=1,
+    ),
+    # Calibration faces that are benchmark faces
+    Case(
+        "calibration-files-are-benchmark-images",
+        make_calibration_of_benchmark_images,
+        EXIT_INPUT,
+        ["data.calibration: 4 of the 4 calibration images are benchmark images", "faces"],
+        no_data_stage,
+        max_lines=1,
+    ),
+    Case(
+        "calibration-folder-holds-the-benchmark",
+        make_calibration_folder_holds_benchmark,
+        EXIT_INPUT,
+        ["data.calibration.source: ", "/data overlaps the benchmark ", "/data/bench.bin"],
+        no_data_stage,
         max_lines=1,
     ),
     # Weights files

@@ -435,9 +435,9 @@ CASES = [
     ),
     Case(
         "calibration-images-zero",
-        recipe("data:\n  calibration_images: 0\n"),
+        recipe("data:\n  calibration:\n    images: 0\n"),
         EXIT_INPUT,
-        ["r.yaml:2: data.calibration_images:", "(expected an integer >= 1)"],
+        ["r.yaml:3: data.calibration.images:", "(expected an integer >= 1)"],
         max_lines=1,
     ),
     Case(
@@ -648,7 +648,7 @@ def test_every_range_problem_is_reported_in_one_run(tmp_path: Path, monkeypatch:
 seed: -1
 threads: 0
 data:
-  calibration_images: 0
+  calibration: {images: 0}
 teacher:
   scale: -1
   margin: 1.5
@@ -671,7 +671,7 @@ gates:
     wrong = {  # key: (line, expectation)
         "seed": (1, "got -1 (expected an integer in [0, 2**64 - 1])"),
         "threads": (2, f"got 0 (expected an integer in [1, {CPUS}]"),
-        "data.calibration_images": (4, "got 0 (expected an integer >= 1)"),
+        "data.calibration.images": (4, "got 0 (expected an integer >= 1)"),
         "teacher.scale": (6, "got -1.0 (expected a number > 0)"),
         "teacher.margin": (7, "got 1.5 (expected a number in [0, 1) for head 'cosface')"),
         "teacher.train.lr": (9, "got inf (expected a number > 0)"),

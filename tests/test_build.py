@@ -107,6 +107,12 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     for int8 in ("openvino_int8", "onnx_int8"):
         assert len(manifest["artifacts"][int8]["metrics"]["evaluation"]["groups"]) >= 4
     assert manifest["lineage"]["recipe"]["distill"]["train"]["steps"] == 12
+    # INT8 ranges came from 32 procedural faces, 8 per group, none of them a benchmark face
+    (data_record,) = (run_dir / "stages" / "data").glob("*/stage.json")
+    calibration = json.loads(data_record.read_text())["metrics"]["calibration"]
+    assert calibration["groups"] == {"alpha": 8, "beta": 8, "gamma": 8, "delta": 8}
+    assert calibration["apart_from_benchmark"]["identical_images"] == 0
+    assert calibration["apart_from_benchmark"]["images_compared"] == 32
     assert manifest["lineage"]["packages"]["nncf"]
     # The gate table is printed before the release path; both INT8 artifacts are gated on their drop.
     for int8 in ("openvino_int8", "onnx_int8"):

@@ -306,5 +306,5 @@ def test_compress_summary_names_the_group_that_drifts_most() -> None:
     assert _summary(metrics) == (
         "openvino_int8 in 7.6s, cosine vs FP32 0.9700 (1st percentile 0.9100, lowest group b 0.9500); "
         "onnx_int8 in 9.0s, cosine vs FP32 0.9700 (1st percentile 0.9000, lowest group b 0.9500); "
-        "calibrated on 300 synthetic faces, drift on 64 held-out faces per group"
+        "calibrated on 300 faces of procedural:calibration, drift on 64 held-out faces per group"
     )

@@ -51,7 +51,7 @@ def ddp_build(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "factory", "build", str(DEMO_RECIPE), "--no-progress", "--until", "distill"]
     cmd += ["--nproc", "2", "--set", f"run_dir={run_dir}"]
     smaller = [
-        "data.calibration_images=8",
+        "data.calibration.images=8",
         "teacher.train.steps=4",
         "distill.train.steps=8",
         "distill.train.warmup_steps=1",

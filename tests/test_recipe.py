@@ -309,8 +309,13 @@ def test_to_yaml_round_trips(tmp_path: Path, shelf: None) -> None:
     loaded = load_recipe(path)
     # Sections left null in code are filled with their defaults on load; everything written comes back equal.
     assert loaded.teacher.source.kind == "procedural" and loaded.compress.methods[0].kind == "openvino_ptq"
+    assert loaded.data.calibration.source.kind == "procedural"
+    calibration = dataclasses.replace(recipe.data.calibration, source=loaded.data.calibration.source)
     assert dataclasses.replace(loaded, teacher=recipe.teacher, distill=recipe.distill) == dataclasses.replace(
-        recipe, export=loaded.export, compress=loaded.compress
+        recipe,
+        export=loaded.export,
+        compress=loaded.compress,
+        data=dataclasses.replace(recipe.data, calibration=calibration),
     )
     assert load_recipe(write(tmp_path, "again.yaml", loaded.to_yaml())) == loaded
 

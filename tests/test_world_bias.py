@@ -213,7 +213,7 @@ def test_each_knob_makes_its_group_harder_in_pixels() -> None:
 # to rank the groups and separate gamma's interval; about 50 s on 2 idle cores, several minutes on busy ones.
 TINY_TEACHER = [
     "data.benchmark_pairs_per_group=300",
-    "data.calibration_images=8",
+    "data.calibration.images=8",
     "data.preview_identities=1",
     "data.preview_samples=1",
     "teacher.model=tinyfar_c",

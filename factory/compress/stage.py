@@ -91,6 +91,7 @@ def compress_student(ctx: StageContext) -> StageResult:
         methods[artifact.name] = {"method": dataclasses.asdict(method), "quantize_seconds": seconds, "drift": drift}
     metrics = {
         "calibration_images": int(len(calibration)),
+        "calibration_source": data.metrics["calibration"]["source"],
         "drift_images_per_group": cfg.drift_images_per_group,
         "methods": methods,
     }
@@ -108,7 +109,8 @@ def _summary(m: dict[str, Any]) -> str:
             f"(1st percentile {drift['p1_cosine']:.4f}, lowest group {worst} {stats['mean_cosine']:.4f})"
         )
     return (
-        f"{'; '.join(parts)}; calibrated on {m['calibration_images']} synthetic faces, drift on "
+        f"{'; '.join(parts)}; calibrated on {m['calibration_images']} faces of "
+        f"{m.get('calibration_source', 'procedural:calibration')}, drift on "  # records before the source was kept
         f"{m['drift_images_per_group']} held-out faces per group"
     )
 

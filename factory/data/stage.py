@@ -5,28 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from factory.data.benchmark import build_benchmark, build_cross_impostors
+from factory.data.calibration import draw_calibration, prove_apart, refuse_benchmark_files
 from factory.data.formats.benchmarks import load_real_benchmark
 from factory.data.preview import write_previews
-from factory.data.world.renderer import ProceduralFaceWorld, make_world
-from factory.data.world.splits import unlabelled_batch
+from factory.data.world.renderer import make_world
 from factory.files import atomic_path
 from factory.pipeline.stage import Stage, StageContext, StageResult
 
 BENCHMARK_FILE = "benchmark.npz"
 CROSS_FILE = "cross_impostors.npz"
 CALIBRATION_FILE = "calibration.npz"
-CALIBRATION_SPLIT = "calibration"
-
-
-def render_unlabelled(world: ProceduralFaceWorld, n: int, seed: int, split: str, batch_size: int = 128) -> np.ndarray:
-    """``n`` uint8 faces of fresh identities from ``split`` (balanced over groups), deterministic in ``seed``."""
-    chunks = []
-    for step in range((n + batch_size - 1) // batch_size):
-        chunks.append(unlabelled_batch(world, batch_size, step, seed, split=split)["images"])
-    return torch.cat(chunks)[:n].numpy()
 
 
 def build_data(ctx: StageContext) -> StageResult:
@@ -43,11 +33,15 @@ def build_data(ctx: StageContext) -> StageResult:
         cross = build_cross_impostors(world, max(10, cfg.benchmark_pairs_per_group // 6), seed)
         cross.save(ctx.work_dir / CROSS_FILE)
         cross_pairs = len(cross.cells)
-    # Calibration identities come from their own split: INT8 ranges never see a benchmark face.
-    calibration = render_unlabelled(world, cfg.calibration_images, seed, CALIBRATION_SPLIT)
+    calibration_cfg = cfg.calibration
+    refuse_benchmark_files(calibration_cfg.source, cfg.benchmark)
+    seed_calibration = seed if calibration_cfg.seed is None else calibration_cfg.seed
+    calibration = draw_calibration(calibration_cfg, world, seed_calibration)
+    # Refused before anything is written: INT8 ranges must never be fitted on a benchmark face.
+    apart = prove_apart(calibration, bench.images, calibration_cfg.source, cfg.benchmark)
     with atomic_path(ctx.work_dir / CALIBRATION_FILE) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, images=calibration)
+            np.savez_compressed(f, images=calibration.images, groups=calibration.groups)
     previews = write_previews(
         world, ctx.work_dir / "previews", identities=cfg.preview_identities, samples=cfg.preview_samples, seed=seed
     )
@@ -57,7 +51,14 @@ def build_data(ctx: StageContext) -> StageResult:
             "benchmark_pairs": int(len(bench.issame)),
             "benchmark_images": int(len(bench.images)),
             "cross_group_impostor_pairs": cross_pairs,
-            "calibration_images": int(len(calibration)),
+            "calibration_images": int(len(calibration.images)),
+            "calibration": {
+                "source": calibration.description,
+                "balance": calibration_cfg.balance,
+                "seed": seed_calibration,
+                "groups": calibration.group_counts(world.group_names),
+                "apart_from_benchmark": apart,
+            },
             "previews": [p.name for p in previews],
         }
     )
@@ -78,6 +79,7 @@ STAGE = Stage(
     run=build_data,
     summary=lambda m: (
         f"{len(m['groups'])} groups, {m['benchmark_pairs']} benchmark pairs, "
-        f"{m['calibration_images']} calibration faces, previews of {', '.join(m['groups'])}"
+        f"{m['calibration_images']} calibration faces ({m['calibration']['source']}), "
+        f"previews of {', '.join(m['groups'])}"
     ),
 )

@@ -147,6 +147,21 @@ class WorldConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """The INT8 calibration faces (:mod:`factory.data.calibration`): never benchmark faces, balanced over groups."""
+
+    # Any training source without labels: procedural (the default: fresh identities of their own split), stylegan,
+    # files (a flat folder, list or RecordIO pack; with groups for balance: equal), procedural_set, mix,
+    # real_synthetic. Kinds: factory.data.sources.SOURCES.
+    source: Any = field(default=None, metadata={"union": "source", "default": {"kind": "procedural"}})
+    # distinct faces; below 300 (QuantFace's and NNCF's size) check and build warn: few faces clip rare activations
+    images: int = field(default=300, metadata=between(ge=1))
+    # equal: the same number of faces from every group of the world (the source must know groups); source: as drawn
+    balance: Literal["equal", "source"] = "equal"
+    seed: int | None = field(default=None, metadata=_SEED)  # null: the recipe's seed
+
+
+@dataclass
 class DataConfig:
     """What the data stage renders once and caches."""
 
@@ -156,8 +171,8 @@ class DataConfig:
     benchmark: str | None = field(default=None, metadata={"path": True})
     # procedural, RFW-like: 10 folds, half genuine, half impostor
     benchmark_pairs_per_group: int = field(default=600, metadata=between(ge=1))
-    # for INT8 calibration; identities disjoint from the benchmark
-    calibration_images: int = field(default=300, metadata=between(ge=1))
+    # the faces INT8 ranges are fitted on (the data stage proves none is a benchmark face)
+    calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig())
     preview_identities: int = field(default=6, metadata=between(ge=1))
     preview_samples: int = field(default=6, metadata=between(ge=1))
 
