@@ -14,6 +14,7 @@ from helpers import randomise_stats
 from torch import nn
 
 from factory.compress.compressors import COMPRESSORS, CompressContext, OnnxPTQ, OpenVINOPTQ
+from factory.compress.layer_drift import emulate_fake_quantize, layers_moved_most
 from factory.compress.ptq import PTQSettings, head_node_names, onnx_head_node_names, quantize_onnx, quantize_openvino
 from factory.compress.stage import _summary, drift_faces
 from factory.data.benchmark import PairBenchmark, pair_layout
@@ -308,3 +309,56 @@ def test_compress_summary_names_the_group_that_drifts_most() -> None:
         "onnx_int8 in 9.0s, cosine vs FP32 0.9700 (1st percentile 0.9000, lowest group b 0.9500); "
         "calibrated on 300 faces of procedural:calibration, drift on 64 held-out faces per group"
     )
+
+
+def sabotaged_copy(onnx_path: Path, out: Path, initializer: str) -> Path:
+    """The model with noise of twice its spread added to one convolution's weights (its outputs keep their names)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    for init in model.graph.initializer:
+        if init.name == initializer:
+            w = numpy_helper.to_array(init)
+            noise = np.random.default_rng(0).normal(0, 2 * w.std(), w.shape).astype(w.dtype)
+            init.CopyFrom(numpy_helper.from_array(w + noise, initializer))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_layer_drift_ranks_the_layer_that_was_changed_first(fp32_onnx: Path, fp32_xml: Path, tmp_path: Path) -> None:
+    broken_onnx = sabotaged_copy(fp32_onnx, tmp_path / "broken.onnx", "trunk.6.weight")  # the third convolution
+    broken_xml = convert_to_openvino(broken_onnx, tmp_path / "broken.xml")
+    inputs = fixed_inputs(CONTRACT, n=16, seed=3)
+    for parent, changed, name in ((fp32_onnx, broken_onnx, "getitem_6"), (fp32_xml, broken_xml, "node_Conv_80")):
+        rows = layers_moved_most(parent, changed, inputs, top=3)
+        first, rest = rows[0], rows[1:]
+        assert name in first["layer"], rows
+        # the layers before it are untouched (its input cosine is 1); it loses far more than any layer after it
+        assert first["input_cosine"] == pytest.approx(1.0, abs=1e-6) and first["added"] > 0.05
+        assert all(r["added"] < first["added"] / 2 for r in rest)
+    with pytest.raises(ValueError, match="compares two .onnx or two .xml models"):
+        layers_moved_most(fp32_onnx, fp32_xml, inputs)
+
+
+def test_fake_quantize_emulated_in_float_gives_the_int8_embeddings(fp32_xml: Path, int8_xml: Path) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+    inputs = fixed_inputs(CONTRACT, n=16, seed=4)
+
+    def embed(model: ov.Model) -> np.ndarray:
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return compiled.create_infer_request().infer({0: inputs})[0]
+
+    emulated = emulate_fake_quantize(core.read_model(str(int8_xml)))
+    assert not [op for op in emulated.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    real, fp32, float_int8 = (
+        embed(core.read_model(str(int8_xml))),
+        embed(core.read_model(str(fp32_xml))),
+        embed(emulated),
+    )
+    cos = lambda a, b: float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))  # noqa: E731
+    # the emulation reproduces the INT8 kernels' result far more closely than FP32 does
+    assert cos(float_int8, real) > 0.999
+    assert 1 - cos(float_int8, real) < (1 - cos(fp32, real)) / 3

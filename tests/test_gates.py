@@ -323,7 +323,8 @@ def test_the_one_line_summary_counts_unresolved_passes_apart() -> None:
 
 
 def test_int8_cosine_floors_read_the_compress_drift_in_the_record() -> None:
-    drift = {"against": "fp32", "mean_cosine": 0.9965, "p1_cosine": 0.978, "n": 800}
+    moved = [{"layer": "conv_7", "cosine": 0.91, "input_cosine": 0.995, "added": 0.085}]
+    drift = {"against": "fp32", "mean_cosine": 0.9965, "p1_cosine": 0.978, "n": 800, "layers_moved_most": moved}
     lineage = [
         *LINEAGE[:2],
         Artifact("int8", ("a.xml", "a.bin"), "openvino", "int8", derived_from="fp32", parity=drift),
@@ -337,6 +338,12 @@ def test_int8_cosine_floors_read_the_compress_drift_in_the_record() -> None:
     assert (rows["min_int8_p1_cosine"].value, rows["min_int8_p1_cosine"].passed) == (0.978, False)
     table = format_gate_table(list(rows.values()))
     assert "0.9780" in table and ">= 0.9800" in table and "97.80%" not in table  # a cosine is not a percentage
+    # The failing floor says where to look; the passing one carries nothing.
+    assert rows["min_int8_cosine"].detail == ""
+    assert failure_message(list(rows.values())).splitlines() == [
+        "gate failed: int8 INT8 cosine to FP32 (1st pct) = 0.978 (limit >= 0.98)",
+        "  layers the quantization moved most (cosine to FP32, from their inputs'): conv_7 0.9100 (from 0.9950)",
+    ]
     # An INT8 artifact whose compressor measured no drift cannot be checked: the gate fails.
     unmeasured = {r.key: r for r in evaluate_gates(gates, lineage_metrics([0.0, 0.02]), LINEAGE)}
     assert not unmeasured["min_int8_cosine"].passed and unmeasured["min_int8_cosine"].gate.endswith("(n/a)")

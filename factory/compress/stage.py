@@ -1,19 +1,23 @@
 """The compress stage: every method of ``compress.methods``, measured against its parent on held-out faces.
 
-Calibration uses the data stage's synthetic faces only; drift is measured on benchmark faces no method fitted on,
-the same number from every demographic group (``compress.drift_images_per_group``), spread over each group's
-identities, and reported overall and per group: quantization error need not fall evenly on all groups.
+Calibration uses the data stage's calibration faces (``data.calibration``, proven apart from the benchmark); drift
+is measured on benchmark faces no method fitted on, the same number from every demographic group
+(``compress.drift_images_per_group``), spread over each group's identities, and reported overall and per group:
+quantization error need not fall evenly on all groups. With it go the layers the method moved most
+(:mod:`factory.compress.layer_drift`), which a failing cosine gate names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from factory.compress.compressors import CompressContext
+from factory.compress.layer_drift import layers_moved_most
 from factory.data.benchmark import PairBenchmark
 from factory.data.stage import BENCHMARK_FILE, CALIBRATION_FILE, load_calibration
 from factory.export.parity import drift_by_group
@@ -87,6 +91,7 @@ def compress_student(ctx: StageContext) -> StageResult:
             groups,
             bench.group_names,
         )
+        drift["layers_moved_most"] = _layers_moved_most(parent.path, ctx.work_dir / artifact.files[0], faces)
         artifacts.append(dataclasses.replace(artifact, parity={"against": parent.name, **drift}))
         methods[artifact.name] = {"method": dataclasses.asdict(method), "quantize_seconds": seconds, "drift": drift}
     metrics = {
@@ -96,6 +101,13 @@ def compress_student(ctx: StageContext) -> StageResult:
         "methods": methods,
     }
     return StageResult(metrics, artifacts)
+
+
+def _layers_moved_most(parent: Path, artifact: Path, faces: np.ndarray) -> list[dict[str, Any]]:
+    """The layers the compression moved most, on 32 drift faces; none for a pair of files it cannot compare."""
+    if parent.suffix != artifact.suffix or parent.suffix not in (".onnx", ".xml"):
+        return []
+    return layers_moved_most(parent, artifact, faces[:: max(1, len(faces) // 32)][:32])
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from factory.compress.layer_drift import format_layers
 from factory.evaluate.tables import artifact_order
 from factory.recipe import GatesConfig
 from factory.recipe.schema import GateSpec
@@ -57,6 +58,7 @@ class GateResult:
     level: float | None = None
     outcome: str = ""
     straddles: bool = False
+    detail: str = ""  # what the failure points at (the layers an INT8 model moved most)
 
     def __post_init__(self) -> None:
         if not self.outcome:  # a record written before outcomes existed: pass or fail was all there was
@@ -79,6 +81,8 @@ class Gate:
     needs_parent: bool = False  # compares an artifact with the one it derives from
     # (entry, parent entry, the paired comparison with the parent or None) -> [low, high] or None when not measured
     interval: Callable[[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None], Any] = lambda e, p, c: None
+    # entry -> what a failure points at, shown with it ("" when nothing)
+    detail: Callable[[dict[str, Any]], str] = lambda e: ""
 
 
 GATES: Registry[Gate] = Registry("gate")
@@ -155,11 +159,32 @@ GATES.register("max_int8_group_drop")(
         interval=_worst_group_drop_ci,
     )
 )
+
+
+def _layers_moved(entry: dict[str, Any]) -> str:
+    rows = (entry.get("parity") or {}).get("layers_moved_most") or []
+    if not rows:
+        return ""
+    return f"layers the quantization moved most (cosine to FP32, from their inputs'): {format_layers(rows)}"
+
+
 GATES.register("min_int8_cosine")(
-    Gate("INT8 cosine to FP32 (mean)", ">=", lambda a: a.precision == "int8", _parity("mean_cosine"))
+    Gate(
+        "INT8 cosine to FP32 (mean)",
+        ">=",
+        lambda a: a.precision == "int8",
+        _parity("mean_cosine"),
+        detail=_layers_moved,
+    )
 )
 GATES.register("min_int8_p1_cosine")(
-    Gate("INT8 cosine to FP32 (1st pct)", ">=", lambda a: a.precision == "int8", _parity("p1_cosine"))
+    Gate(
+        "INT8 cosine to FP32 (1st pct)",
+        ">=",
+        lambda a: a.precision == "int8",
+        _parity("p1_cosine"),
+        detail=_layers_moved,
+    )
 )
 GATES.register("max_latency_ms")(
     Gate(
@@ -218,6 +243,7 @@ def _row(
     value: float | None,
     interval: Interval | None = None,
     level: float | None = None,
+    detail: str = "",
 ) -> GateResult:
     if value is None:  # not measurable (the STD of a one-group benchmark): a gate that cannot be checked fails
         return GateResult(
@@ -237,6 +263,7 @@ def _row(
         level,
         outcome,
         straddles,
+        "" if passed else detail,
     )
 
 
@@ -275,7 +302,8 @@ def evaluate_gates(gates: GatesConfig, metrics: dict[str, Any], artifacts: list[
                 entry = {**metrics["artifacts"][name], "parity": records[name].parity, "paired": paired}
                 interval = _bounds(gate.interval(entry, parent_entry, paired))
                 level = _level(paired if gate.needs_parent else None, entry["evaluation"].get("uncertainty"))
-                rows.append(_row(name, key, gate, spec, gate.value(entry, parent_entry), interval, level))
+                value = gate.value(entry, parent_entry)
+                rows.append(_row(name, key, gate, spec, value, interval, level, gate.detail(entry)))
     return rows
 
 
@@ -356,8 +384,11 @@ def _explain(r: GateResult) -> str:
 
 
 def failure_message(rows: list[GateResult]) -> str:
-    """One line per failed gate: the gate, its value and limit, and why (interval outside, or not resolvable)."""
-    return "\n".join(_explain(r) for r in rows if not r.passed)
+    """One line per failed gate: the gate, its value and limit, and why (interval outside, or not resolvable).
+
+    A row with a detail (the layers an INT8 model moved most) gets it on the next line.
+    """
+    return "\n".join(_explain(r) + (f"\n  {r.detail}" if r.detail else "") for r in rows if not r.passed)
 
 
 def gate_summary(rows: list[dict[str, Any]]) -> str:
