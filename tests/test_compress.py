@@ -362,3 +362,29 @@ def test_fake_quantize_emulated_in_float_gives_the_int8_embeddings(fp32_xml: Pat
     # the emulation reproduces the INT8 kernels' result far more closely than FP32 does
     assert cos(float_int8, real) > 0.999
     assert 1 - cos(float_int8, real) < (1 - cos(fp32, real)) / 3
+
+
+def test_accuracy_control_puts_layers_back_in_float_until_the_validation_cosine_is_met(
+    fp32_xml: Path, fp32_onnx: Path, int8_xml: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    from factory.compress.ptq import _mean_cosine, held_out_split
+
+    # held out: every fourth calibration face, never calibrated on
+    calibrate, validate = held_out_split(list(calibration[:, None]))
+    assert len(validate) == 16 and len(calibrate) == 48
+    assert not any(np.array_equal(v, c) for v in validate for c in calibrate)
+    strict = PTQSettings(min_validation_cosine=0.999999)
+    controlled = quantize_openvino(fp32_xml, tmp_path / "controlled.xml", calibration, strict)
+    assert quantization_evidence(controlled)[0] < quantization_evidence(int8_xml)[0]  # fewer FakeQuantize ops
+    held_out = calibration[::4]
+    reference = openvino_runner(fp32_xml)(held_out)
+    assert _mean_cosine(openvino_runner(controlled)(held_out), reference) >= 0.999999
+    assert _mean_cosine(openvino_runner(int8_xml)(held_out), reference) < 0.999999  # plain PTQ does not reach it
+    controlled_onnx = quantize_onnx(fp32_onnx, tmp_path / "controlled.onnx", calibration, strict)
+    assert (
+        onnx_op_counts(controlled_onnx)["QuantizeLinear"]
+        < onnx_op_counts(quantize_onnx(fp32_onnx, tmp_path / "plain.onnx", calibration))["QuantizeLinear"]
+    )
+    assert _mean_cosine(onnx_runner(controlled_onnx)(held_out), onnx_runner(fp32_onnx)(held_out)) >= 0.999999
+    with pytest.raises(ValueError, match="4 are too few"):
+        quantize_openvino(fp32_xml, tmp_path / "few.xml", calibration[:4], strict)
