@@ -7,6 +7,7 @@ known design effects, so the estimates the plan reads back can be checked by han
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from bad_input import EXIT_INPUT, invoke
 
 from factory.evaluate.planning import (
+    Drift,
     assumed_evidence,
     format_plan,
     impostors_needed,
@@ -264,3 +266,28 @@ def test_without_records_every_listed_reference_is_left_ungated() -> None:
     assert list(evidence_from_metrics(metrics, [], "earlier").accuracy) == ["fp32", "int8"]
     # Metrics older than that list: the first artifact measured is the reference, as before.
     assert list(evidence_from_metrics(METRICS, [], "earlier").accuracy) == ["fp32", "int8"]
+
+
+def test_the_worst_group_drop_gate_is_sized_for_the_hardest_group(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(f"run_dir: {tmp_path / 'run'}\ngates:\n  max_int8_group_drop: {{limit: 0.02, mode: confidence}}\n")
+    recipe = load_recipe(path)
+    # beta drops most, but gamma, with four times the discordant pairs, is the one that is hard to resolve
+    drops, discordance = (0.0, 0.012, 0.008, -0.004), (0.02, 0.02, 0.08, 0.02)
+    evidence = dataclasses.replace(
+        assumed_evidence(GROUPS), drift={"int8": Drift("fp32", 0.004, discordance, drops)}, drift_design_effect=1.0
+    )
+    (gate,) = [g for g in plan_benchmark(recipe, evidence).gates if g.key == "max_int8_group_drop"]
+    assert (gate.artifact, gate.estimate, gate.margin) == ("int8", 0.012, pytest.approx(0.008))
+
+    def every_group_inside(n: int) -> bool:
+        return all(Z * math.sqrt(q / n) < 0.02 - d for d, q in zip(drops, discordance, strict=True))
+
+    needed = gate.pairs_needed
+    assert every_group_inside(needed) and not every_group_inside(needed - 20)
+    # gamma decides: beta alone would need far fewer pairs
+    assert needed > 20 * math.ceil(Z**2 * 0.02 / 0.008**2 / 20)
+    # a group already beyond the limit is shown failing once its own interval clears it
+    failing = dataclasses.replace(evidence, drift={"int8": Drift("fp32", 0.01, discordance, (0.0, 0.03, 0.0, 0.0))})
+    (gate,) = [g for g in plan_benchmark(recipe, failing).gates if g.key == "max_int8_group_drop"]
+    assert gate.pairs_needed == 20 * math.ceil(Z**2 * 0.02 / 0.01**2 / 20)

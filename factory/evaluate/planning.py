@@ -46,7 +46,12 @@ from factory.runtime.artifacts import Artifact
 PAIRS_STEP = 20  # data.benchmark_pairs_per_group: 10 folds, half genuine, half impostor
 MAX_PAIRS = 10_000_000  # per group; a gate that needs more has no practical benchmark
 STD_DRAWS = 4000  # Monte-Carlo replicates of the sample STD: its upper quantile moves by < 1 % between seeds
-SIZED_GATES = ("min_accuracy", "max_std", "max_int8_drop")  # latency's interval comes from validate.latency_repeats
+SIZED_GATES = (
+    "min_accuracy",
+    "max_std",
+    "max_int8_drop",
+    "max_int8_group_drop",
+)  # latency's interval comes from validate.latency_repeats
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,11 @@ class Drift:
     against: str
     drop: float  # parent's mean accuracy minus the artifact's
     discordance: tuple[float, ...]  # per group: pairs one of the two gets right and the other wrong, / pairs
+    group_drops: tuple[float, ...] = ()  # per group, as ``drop``; empty: every group's is ``drop``
+
+    def drops(self) -> tuple[float, ...]:
+        """Each group's drop (the mean drop for every group where they were not measured)."""
+        return self.group_drops or (self.drop,) * len(self.discordance)
 
 
 @dataclass(frozen=True)
@@ -247,7 +257,8 @@ def evidence_from_metrics(
             width = _width(paired["groups"][g].get("ci"))
             if width is not None and q > 0:
                 ratios.append((width / (2 * z * math.sqrt(q / pairs_g))) ** 2)
-        drift[name] = Drift(parent, -float(paired["mean"]["delta"]), tuple(rates))
+        group_drops = tuple(-float(paired["groups"][g]["delta"]) for g in groups)
+        drift[name] = Drift(parent, -float(paired["mean"]["delta"]), tuple(rates), group_drops)
     if unpaired:
         assumed.append(
             f"INT8 discordance {assumptions.discordance:.0%} of pairs for {', '.join(unpaired)}, drift design effect 1 "
@@ -428,7 +439,32 @@ def _candidates(key: str, limit: float, evidence: Evidence) -> list[tuple[str, s
         for name, drift in evidence.drift.items():
             reach = functools.partial(_drift_halfwidth, drift.discordance, evidence.drift_design_effect, z)
             out.append((name, "<=", drift.drop, reach))
+    elif key == "max_int8_group_drop":
+        for name, drift in evidence.drift.items():
+            drops = drift.drops()
+            reach = functools.partial(
+                _worst_group_reach, drops, drift.discordance, evidence.drift_design_effect, z, limit
+            )
+            out.append((name, "<=", max(drops), reach))
     return out
+
+
+def _worst_group_reach(
+    drops: Sequence[float], discordance: Sequence[float], deff: float, z: float, limit: float, n: int
+) -> float:
+    """How far the worst-group drop's interval reaches toward ``limit`` at ``n`` pairs per group.
+
+    The gate is shown passing only when every group's paired interval is inside the limit, and shown failing when
+    any group's lies beyond it. Below the limit the answer is the group that is hardest to resolve: the reach is
+    scaled so that it is under the worst group's margin exactly when every group's half-width is under its own
+    margin. Above it, the worst group's own half-width.
+    """
+    halfwidths = [z * math.sqrt(q * deff / n) for q in discordance]
+    worst = max(range(len(drops)), key=lambda g: drops[g])
+    if drops[worst] > limit:
+        return halfwidths[worst]
+    margins = [limit - d for d in drops]
+    return max(h - m for h, m in zip(halfwidths, margins, strict=True)) + margins[worst]
 
 
 def _gate_plan(key: str, spec: GateSpec, evidence: Evidence, n: int | None, procedural: bool) -> GatePlan | None:
