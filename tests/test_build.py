@@ -103,7 +103,13 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
         "openvino_int8",
         "onnx_int8",
     ]
-    assert "## Fairness ledger" in (release / "report.md").read_text()
+    report = (release / "report.md").read_text()
+    assert "## Fairness ledger" in report
+    # every INT8 artifact's drift comes with its size, its 1st-percentile cosine and the layers it moved most
+    for int8 in ("openvino_int8", "onnx_int8"):
+        (line,) = [x for x in report.splitlines() if x.startswith(f"- {int8} (")]
+        assert " MB) vs " in line and "1st percentile" in line
+    assert report.count("  - layers moved most: ") == 2
     for int8 in ("openvino_int8", "onnx_int8"):
         assert len(manifest["artifacts"][int8]["metrics"]["evaluation"]["groups"]) >= 4
     assert manifest["lineage"]["recipe"]["distill"]["train"]["steps"] == 12

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from factory.compress.layer_drift import format_layers
 from factory.data.benchmark import PairBenchmark
 from factory.data.stage import BENCHMARK_FILE
 from factory.evaluate.ledger import build_ledger, format_ledger
@@ -187,11 +188,15 @@ def _report(
     for b in built:
         check = b.artifact.parity
         if check is not None:
+            size = sum((b.dir / f).stat().st_size for f in b.artifact.files) / 1e6
+            p1 = f", 1st percentile {check['p1_cosine']:.6f}" if "p1_cosine" in check else ""
             parity.append(
-                f"- {b.name} vs {check['against']} on {check['n']} inputs: min cosine {check['min_cosine']:.6f}, "
-                f"mean {check['mean_cosine']:.6f}"
+                f"- {b.name} ({size:.2f} MB) vs {check['against']} on {check['n']} inputs: min cosine "
+                f"{check['min_cosine']:.6f}, mean {check['mean_cosine']:.6f}{p1}"
             )
             parity.extend(format_group_drift(check))
+            if check.get("layers_moved_most"):
+                parity.append(f"  - layers moved most: {format_layers(check['layers_moved_most'])}")
     lines = [
         f"# {name} {version}",
         "",
