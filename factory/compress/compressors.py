@@ -3,13 +3,14 @@
 A recipe lists them, ``compress.methods: [{kind: openvino_ptq}, {kind: onnx_ptq}]``; the registered object is that
 entry's config dataclass, and its ``compress`` writes the new files and returns their
 :class:`~factory.runtime.artifacts.Artifact` record, ``derived_from`` its parent. The compress stage measures every
-result against its parent on held-out faces; validation and the gates then treat it like any other artifact.
+result against its parent on held-out faces; validation and the gates then treat it like any other artifact. A
+compressor may return several artifacts (QAT writes an INT8 IR and a Q/DQ ONNX from one fine-tune).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,11 +28,15 @@ INT8_GOLDEN_MIN_COSINE = 0.99
 
 @dataclass
 class CompressContext:
-    """What a compressor works from."""
+    """What a compressor works from, and what it reports back (``notes``: recorded with the method)."""
 
     parents: dict[str, Any]  # the build's artifacts so far, by name (BuiltArtifact: record + directory)
-    calibration: np.ndarray  # normalised float32 N×3×H×W synthetic faces (never benchmark faces)
+    calibration: np.ndarray  # normalised float32 N×3×H×W faces of data.calibration (never benchmark faces)
     work_dir: Path
+    world: Any = None  # the recipe's procedural world (training compressors draw faces from it)
+    seed: int = 0
+    progress: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -183,26 +183,10 @@ def _calibration_samples(calibration: np.ndarray, contract: Any) -> list[np.ndar
 
 def _nncf_quantize(model: Any, samples: list[Any], settings: PTQSettings, ignored: list[str]) -> Any:
     """``nncf.quantize`` (or with accuracy control) of an OpenVINO or ONNX model; returns the same kind of model."""
-    # nncf imports torch's C++-extension helper, which warns about CUDA on CPU-only machines: noise in build logs.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    nncf.set_log_level(logging.WARNING)  # its INFO lines (ignored nodes, ...) are summarised by the stage instead
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix={
-            "enable": OverflowFix.ENABLE,
-            "first_layer": OverflowFix.FIRST_LAYER,
-            "disable": OverflowFix.DISABLE,
-        }[settings.overflow_fix],
-        # None leaves NNCF's own choice (the mean of per-sample extremes for per-tensor activations).
-        activations_range_estimator_params=(
-            RangeEstimatorParametersSet.MINMAX if settings.activation_range == "minmax" else None
-        ),
-    )
+    nncf = quiet_nncf()
+    advanced = advanced_parameters(settings)
     common = {
-        "preset": nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        "preset": preset(settings),
         "fast_bias_correction": settings.fast_bias_correction,
         "ignored_scope": nncf.IgnoredScope(names=ignored) if ignored else None,
     }
@@ -225,6 +209,41 @@ def _nncf_quantize(model: Any, samples: list[Any], settings: PTQSettings, ignore
         subset_size=settings.subset_size or len(calibrate),
         advanced_quantization_parameters=advanced,
         **common,
+    )
+
+
+def quiet_nncf() -> Any:
+    """The ``nncf`` module, its INFO lines off (the stage summarises what it did)."""
+    # nncf imports torch's C++-extension helper, which warns about CUDA on CPU-only machines: noise in build logs.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)
+    return nncf
+
+
+def preset(settings: PTQSettings) -> Any:
+    """NNCF's quantization preset for ``settings.preset``."""
+    import nncf
+
+    return nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
+
+
+def advanced_parameters(settings: PTQSettings) -> Any:
+    """NNCF's advanced parameters for the overflow fix and activation range of ``settings``."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return AdvancedQuantizationParameters(
+        overflow_fix={
+            "enable": OverflowFix.ENABLE,
+            "first_layer": OverflowFix.FIRST_LAYER,
+            "disable": OverflowFix.DISABLE,
+        }[settings.overflow_fix],
+        # None leaves NNCF's own choice (the mean of per-sample extremes for per-tensor activations).
+        activations_range_estimator_params=(
+            RangeEstimatorParametersSet.MINMAX if settings.activation_range == "minmax" else None
+        ),
     )
 
 

@@ -20,6 +20,7 @@ from factory.compress.compressors import CompressContext
 from factory.compress.layer_drift import layers_moved_most
 from factory.data.benchmark import PairBenchmark
 from factory.data.stage import BENCHMARK_FILE, CALIBRATION_FILE, load_calibration
+from factory.data.world.renderer import make_world
 from factory.export.parity import drift_by_group
 from factory.models.checkpoint import load_model
 from factory.pipeline.stage import Stage, StageContext, StageResult
@@ -79,21 +80,36 @@ def compress_student(ctx: StageContext) -> StageResult:
     faces = to_model_input_numpy(bench.images[rows], contract)
     parents = {built.name: built for built in ctx.artifacts()}
     artifacts, methods = [], {}
+    world = make_world(ctx.config["world"])
     for method in cfg.methods:
         start = time.perf_counter()
-        artifact = method.compress(CompressContext(parents=parents, calibration=calibration, work_dir=ctx.work_dir))
-        seconds = time.perf_counter() - start
-        parent = parents[artifact.derived_from]
-        drift = drift_by_group(
-            parent.runner(threads=threads),
-            open_runner(artifact, ctx.work_dir, threads=threads),
-            faces,
-            groups,
-            bench.group_names,
+        method_ctx = CompressContext(
+            parents=parents,
+            calibration=calibration,
+            work_dir=ctx.work_dir,
+            world=world,
+            seed=ctx.config["seed"],
+            progress=ctx.progress,
         )
-        drift["layers_moved_most"] = _layers_moved_most(parent.path, ctx.work_dir / artifact.files[0], faces)
-        artifacts.append(dataclasses.replace(artifact, parity={"against": parent.name, **drift}))
-        methods[artifact.name] = {"method": dataclasses.asdict(method), "quantize_seconds": seconds, "drift": drift}
+        made = method.compress(method_ctx)
+        seconds = time.perf_counter() - start
+        for artifact in made if isinstance(made, list) else [made]:
+            parent = parents[artifact.derived_from]
+            drift = drift_by_group(
+                parent.runner(threads=threads),
+                open_runner(artifact, ctx.work_dir, threads=threads),
+                faces,
+                groups,
+                bench.group_names,
+            )
+            drift["layers_moved_most"] = _layers_moved_most(parent.path, ctx.work_dir / artifact.files[0], faces)
+            artifacts.append(dataclasses.replace(artifact, parity={"against": parent.name, **drift}))
+            methods[artifact.name] = {
+                "method": dataclasses.asdict(method),
+                "quantize_seconds": seconds,
+                "drift": drift,
+                **method_ctx.notes,
+            }
     metrics = {
         "calibration_images": int(len(calibration)),
         "calibration_source": data.metrics["calibration"]["source"],
@@ -130,7 +146,7 @@ def _summary(m: dict[str, Any]) -> str:
 STAGE = Stage(
     name="compress",
     needs=("data", "distill", "export"),
-    config=lambda r: {"compress": r.compress, "threads": r.threads},
+    config=lambda r: {"compress": r.compress, "threads": r.threads, "world": r.data.world, "seed": r.seed},
     run=compress_student,
     summary=_summary,
 )

@@ -66,7 +66,7 @@ UNION_FAMILIES: dict[str, tuple[str, str]] = {
     "distill_method": ("factory.distill.methods", "DISTILL_METHODS"),
     "source": ("factory.data.sources", "SOURCES"),
     "exporter": ("factory.export.exporters", "EXPORTERS"),
-    "compressor": ("factory.compress.compressors", "COMPRESSORS"),
+    "compressor": ("factory.compress", "COMPRESSORS"),
 }
 
 

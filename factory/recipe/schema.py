@@ -384,7 +384,7 @@ class ExportConfig:
 class CompressConfig:
     """Compression of exported artifacts: NNCF post-training INT8 of the OpenVINO FP32 IR and of the ONNX FP32 model."""
 
-    # Each derives an artifact from one the build has. Kinds: factory.compress.compressors.COMPRESSORS.
+    # Each derives an artifact from one the build has. Kinds: factory.compress.COMPRESSORS.
     methods: list[Any] = field(default=None, metadata={"union": "compressor", "default": [{"kind": "openvino_ptq"}]})
     # held-out benchmark faces per group on which each compressed artifact's drift from its parent is measured
     drift_images_per_group: int = field(default=64, metadata=between(ge=1))

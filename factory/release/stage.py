@@ -188,7 +188,7 @@ def _report(
     for b in built:
         check = b.artifact.parity
         if check is not None:
-            size = sum((b.dir / f).stat().st_size for f in b.artifact.files) / 1e6
+            size = sum((b.root / f).stat().st_size for f in b.artifact.files) / 1e6
             p1 = f", 1st percentile {check['p1_cosine']:.6f}" if "p1_cosine" in check else ""
             parity.append(
                 f"- {b.name} ({size:.2f} MB) vs {check['against']} on {check['n']} inputs: min cosine "
