@@ -10,6 +10,9 @@ runs on the build's 300 synthetic calibration faces, and is measured against its
 - batch-1 and batch-32 latency at 1 thread (the runtime's own call timed; OpenVINO FP32 with the f32 hint);
 - quantization wall time.
 
+With ``--qat-steps N`` the factory's QuantFace-style QAT (``{kind: qat}``, its recipe defaults but N steps) adds
+its two artifacts, fine-tuned from the distilled checkpoint of the run.
+
 Rows: NNCF on the OpenVINO IR and on the ONNX model with NNCF's defaults and with each setting of the factory's
 :class:`~factory.compress.ptq.PTQSettings` changed; ONNX Runtime's ``quantize_static`` (QDQ, per-channel, the
 comparison the issue names), with and without ``reduce_range``. Writes benchmarks/results/<--name>.json.
@@ -85,6 +88,7 @@ class Student:
 
     def __init__(self, run_dir: Path, drift_per_group: int) -> None:
         export, data = finished_stage(run_dir, "export"), finished_stage(run_dir, "data")
+        self.distill = finished_stage(run_dir, "distill")
         self.onnx, self.xml = export / "student.onnx", export / "student_fp32.xml"
         self.fp32 = {"onnxruntime": onnx_runner(self.onnx, threads=2), "openvino": openvino_runner(self.xml, threads=2)}
         contract = self.fp32["onnxruntime"].contract
@@ -152,7 +156,9 @@ def ort_quantize_static(onnx_in: Path, onnx_out: Path, calibration: np.ndarray, 
     return onnx_out
 
 
-def study_student(name: str, student: Student, work: Path, budget_s: float, quick: bool) -> dict[str, Any]:
+def study_student(
+    name: str, student: Student, work: Path, budget_s: float, quick: bool, qat_steps: int = 0
+) -> dict[str, Any]:
     """Every row for one student."""
     rows: dict[str, Any] = {}
 
@@ -199,7 +205,37 @@ def study_student(name: str, student: Student, work: Path, budget_s: float, quic
             "onnxruntime",
             lambda p, r=reduce_range: ort_quantize_static(student.onnx, p, student.calibration, r),
         )
+    if qat_steps:
+        made = quantization_aware(student, work, qat_steps)
+        int8(f"openvino int8: qat, {qat_steps} steps", "openvino", lambda p: made["openvino_qat_int8"])
+        int8(f"onnx q/dq int8: qat, {qat_steps} steps", "onnxruntime", lambda p: made["onnx_qat_int8"])
     return {label: {k: v for k, v in row.items() if not k.startswith("_")} for label, row in rows.items()}
+
+
+def quantization_aware(student: Student, work: Path, steps: int) -> dict[str, Path]:
+    """The factory's QAT (recipe defaults but ``steps``) of the distilled student: its two INT8 files by name."""
+    import yaml
+
+    from factory.compress.compressors import CompressContext
+    from factory.compress.qat import QuantFaceQAT
+    from factory.data.sources import ProceduralSourceConfig
+    from factory.data.world.renderer import ProceduralFaceWorld
+    from factory.pipeline.stage import BuiltArtifact
+    from factory.runtime.artifacts import Artifact
+
+    # the build's own world (its seed): QAT renders faces of a split of their own in it
+    resolved = yaml.safe_load((student.distill / "recipe.resolved.yaml").read_text())
+    world = ProceduralFaceWorld(seed=int(resolved["data"]["world"]["seed"]))
+    parent = BuiltArtifact(Artifact("torch_fp32", ("student.pt",), "torch"), student.distill)
+    out = work / "qat"
+    out.mkdir(exist_ok=True)
+    ctx = CompressContext({"torch_fp32": parent}, student.calibration, out, world=world, seed=0, progress=True)
+    method = QuantFaceQAT(source=ProceduralSourceConfig())
+    method.train.steps = steps
+    start = time.perf_counter()
+    made = {artifact.name: out / artifact.files[0] for artifact in method.compress(ctx)}
+    print(f"  qat: {steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
+    return made
 
 
 def main() -> None:
@@ -214,6 +250,7 @@ def main() -> None:
     parser.add_argument("--drift-per-group", type=int, default=200)
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of latency timing per row and batch")
     parser.add_argument("--quick", action="store_true", help="three OpenVINO and two NNCF ONNX rows only")
+    parser.add_argument("--qat-steps", type=int, default=0, help="add the factory's QAT with this many steps")
     parser.add_argument("--name", default="quantization_fidelity", help="results/<name>.json")
     args = parser.parse_args()
     results: dict[str, Any] = {}
@@ -227,7 +264,7 @@ def main() -> None:
                 "calibration_images": len(student.calibration),
                 "drift_faces": len(student.drift_faces),
                 "benchmark_pairs": int(len(student.bench.issame)),
-                "rows": study_student(name, student, Path(tmp), args.budget, args.quick),
+                "rows": study_student(name, student, Path(tmp), args.budget, args.quick, args.qat_steps),
             }
     flat = {}
     for name, entry in results.items():

@@ -393,3 +393,23 @@ def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, lis
         "distilled from 4 `iresnet_nano` teachers (teacher_alpha, teacher_beta, teacher_gamma, teacher_delta" in report
     )
     assert "- teachers (per_group): iresnet_nano, 4 steps each: teacher_alpha on 4 identities of alpha;" in report
+
+
+def test_qat_recipe_releases_quantization_aware_artifacts(first_build: tuple[Path, int, list[str]]) -> None:
+    from factory.pipeline.build import build as run_build
+    from factory.recipe import load_recipe
+
+    shrunk = ["compress.methods.2.train.steps=3", "compress.methods.2.train.batch_size=8"]
+    recipe = load_recipe(ROOT / "recipes" / "tinyfar_qat.yaml", [f"run_dir={first_build[0]}", *TINY, *shrunk])
+    result = run_build(recipe, echo=lambda line: None)
+    assert result.stages["distill"].cached  # QAT starts from the distilled student; only compress on re-runs
+    methods = result.stages["compress"].metrics["methods"]
+    assert methods["openvino_qat_int8"]["qat"]["steps"] == 3 == methods["onnx_qat_int8"]["qat"]["steps"]
+    validation = result.stages["validate"].metrics
+    assert {"openvino_qat_int8", "onnx_qat_int8"} <= set(validation["order"])
+    assert validation["comparisons"]["onnx_qat_int8"]["against"] == "torch_fp32"  # paired with its FP32 parent
+    gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
+    assert {("openvino_qat_int8", "INT8 drop vs FP32"), ("onnx_qat_int8", "INT8 cosine to FP32 (mean)")} <= gates
+    manifest = json.loads((result.release_dir / "manifest.json").read_text())
+    assert manifest["artifacts"]["onnx_qat_int8"]["derived_from"] == "torch_fp32"
+    assert (result.release_dir / "student_qat_int8.onnx").is_file()

@@ -168,24 +168,16 @@ def _layers_moved(entry: dict[str, Any]) -> str:
     return f"layers the quantization moved most (cosine to FP32, from their inputs'): {format_layers(rows)}"
 
 
-GATES.register("min_int8_cosine")(
-    Gate(
-        "INT8 cosine to FP32 (mean)",
-        ">=",
-        lambda a: a.precision == "int8",
-        _parity("mean_cosine"),
-        detail=_layers_moved,
+for _key, _which, _stat in (("min_int8_cosine", "mean", "mean_cosine"), ("min_int8_p1_cosine", "1st pct", "p1_cosine")):
+    GATES.register(_key)(
+        Gate(
+            f"INT8 cosine to FP32 ({_which})",
+            ">=",
+            lambda a: a.precision == "int8",
+            _parity(_stat),
+            detail=_layers_moved,
+        )
     )
-)
-GATES.register("min_int8_p1_cosine")(
-    Gate(
-        "INT8 cosine to FP32 (1st pct)",
-        ">=",
-        lambda a: a.precision == "int8",
-        _parity("p1_cosine"),
-        detail=_layers_moved,
-    )
-)
 GATES.register("max_latency_ms")(
     Gate(
         "latency ms (b1)",
