@@ -168,7 +168,11 @@ def verdict(delta: dict[str, Any]) -> str:
     return "not resolvable"
 
 
-def plot(figures: dict[str, dict[str, Any]], path: Path) -> None:
+def plot(
+    figures: dict[str, dict[str, Any]],
+    path: Path,
+    title: str = "Distillation study: per-group accuracy at one compute budget",
+) -> None:
     """Per-group accuracy of every arm, with its interval as an error bar."""
     import matplotlib
 
@@ -190,7 +194,7 @@ def plot(figures: dict[str, dict[str, Any]], path: Path) -> None:
     low = min(100 * figures[a]["groups"][g]["ci"][0] for a in arms for g in groups)
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
-    ax.set_title("Distillation study: per-group accuracy at one compute budget")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
