@@ -28,6 +28,8 @@ from factory.runtime.artifacts import Artifact
 from factory.runtime.runners import onnx_runner, openvino_runner, torch_runner
 
 
+# About 40 s on 2 cores; the default run builds the QAT recipe end to end (test_build), this checks the files closely.
+@pytest.mark.slow
 def test_qat_fine_tunes_and_writes_an_int8_ir_and_a_qdq_onnx(tmp_path: Path) -> None:
     student = create_model("tinyfar_c").eval()
     randomise_stats(student, seed=0)
