@@ -29,6 +29,7 @@ import torch
 
 from factory.data.benchmark import BENCHMARK_SPLIT
 from factory.data.source_context import SourceContext
+from factory.data.sources import UnlabelledImages
 from factory.data.static import NO_KEY, members_by_group
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
@@ -118,9 +119,7 @@ def _from_fixed_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distinct images of a finite set, drawn without replacement (per group when ``quota`` is given)."""
     gen = make_generator("calibration", seed)
-    if quota is None and source.kind == "files":
-        from factory.data.sources import UnlabelledImages  # files without groups: a flat folder, list or pack
-
+    if quota is None and source.kind == "files":  # files without groups: a flat folder, list or pack
         images: Any = UnlabelledImages(source.path, size=ctx.size)
         chosen = _choose(len(images), n, gen, str(source.path), "")
         groups = np.full(len(chosen), -1, np.int64)
