@@ -158,6 +158,18 @@ def arm_figures(result: BenchmarkResult) -> dict[str, Any]:
     }
 
 
+def paired(result: BenchmarkResult, against: BenchmarkResult, name: str) -> dict[str, Any]:
+    """The paired difference ``result - against`` (mean, STD, per group), with a verdict on the mean and the STD."""
+    delta = compare_results(result, against, name)
+    return {
+        "mean": delta["mean"],
+        "std": delta["std"],
+        "groups": delta["groups"],
+        "mean_verdict": verdict(delta["mean"]),
+        "std_verdict": verdict(delta["std"]) if delta["std"] else "not resolvable",
+    }
+
+
 def verdict(delta: dict[str, Any]) -> str:
     """'higher', 'lower' or 'not resolvable' from a paired difference's interval."""
     low, high = delta["ci"] if delta.get("ci") else (float("nan"), float("nan"))
@@ -226,15 +238,8 @@ def main() -> None:
     flat: dict[str, float] = {}
     for arm, against in COMPARISONS:
         if arm in results and against in results:
-            delta = compare_results(results[arm], results[against], against)
-            comparisons[f"{arm}_vs_{against}"] = {
-                "mean": delta["mean"],
-                "std": delta["std"],
-                "groups": delta["groups"],
-                "mean_verdict": verdict(delta["mean"]),
-                "std_verdict": verdict(delta["std"]) if delta["std"] else "not resolvable",
-            }
-            flat[f"{arm}_vs_{against}_mean_delta_pct"] = 100 * delta["mean"]["delta"]
+            comparisons[f"{arm}_vs_{against}"] = paired(results[arm], results[against], against)
+            flat[f"{arm}_vs_{against}_mean_delta_pct"] = 100 * comparisons[f"{arm}_vs_{against}"]["mean"]["delta"]
     for name, f in figures.items():
         flat[f"{name}_mean_pct"] = 100 * f["mean"]
         flat[f"{name}_std_pct"] = 100 * f["std"]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from distill_study import arm_figures, plot, table, verdict
+from distill_study import arm_figures, paired, plot, table
 from quantization_fidelity import finished_stage
 from run import cpu_name, save_results
 from torch import nn
@@ -43,7 +43,7 @@ from factory.data.stage import BENCHMARK_FILE
 from factory.data.world.renderer import make_world
 from factory.data.world.splits import identity_set, labelled_batch, unlabelled_batch
 from factory.distill.stage import STUDENT_FILE
-from factory.evaluate.benchmark_eval import compare_results, embed_images, evaluate_embeddings, resample_benchmark
+from factory.evaluate.benchmark_eval import embed_images, evaluate_embeddings, resample_benchmark
 from factory.export.parity import cosine_statistics, row_agreement
 from factory.models.checkpoint import load_model
 from factory.recipe import load_recipe
@@ -148,15 +148,8 @@ def main() -> None:
         flat[f"{name}_std_pct"] = 100 * figures[name]["std"]
         if name == "fp32":
             continue
-        delta = compare_results(result, reference, "fp32")
-        comparisons[f"{name}_vs_fp32"] = {
-            "mean": delta["mean"],
-            "std": delta["std"],
-            "groups": delta["groups"],
-            "mean_verdict": verdict(delta["mean"]),
-            "std_verdict": verdict(delta["std"]) if delta["std"] else "not resolvable",
-        }
-        flat[f"{name}_vs_fp32_mean_delta_pct"] = 100 * delta["mean"]["delta"]
+        comparisons[f"{name}_vs_fp32"] = paired(result, reference, "fp32")
+        flat[f"{name}_vs_fp32_mean_delta_pct"] = 100 * comparisons[f"{name}_vs_fp32"]["mean"]["delta"]
     record = {
         "machine": cpu_name(),
         "run_dir": str(run_dir),
