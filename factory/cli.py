@@ -164,7 +164,7 @@ def build(
     from factory.release.gates import GateResult, format_gate_table
 
     parsed = load_recipe(recipe, list(overrides))
-    _warn_benchmark(parsed)
+    _warn_recipe(parsed)
     show = sys.stderr.isatty() if progress is None else progress
     try:
         result = run_build(parsed, force=force, until=until, progress=show, wait=wait, nproc=nproc)
@@ -253,14 +253,14 @@ def check(recipe: Path, overrides: tuple[str, ...], resolved: bool) -> None:
         for issue in e.issues:
             click.echo(f"  {issue}")
         return
-    _warn_benchmark(parsed)
+    _warn_recipe(parsed)
     if resolved:
         click.echo(parsed.to_yaml(), nl=False)
     else:
         click.echo(f"{recipe}: ok")
 
 
-def _warn_benchmark(parsed: Recipe) -> None:
+def _warn_recipe(parsed: Recipe) -> None:
     """``warning:`` lines on stderr: what the benchmark cannot resolve (FMR targets, gates), what calibration risks."""
     from factory.data.calibration import calibration_warnings
     from factory.evaluate.planning import recipe_warnings

@@ -367,7 +367,11 @@ def test_fake_quantize_emulated_in_float_gives_the_int8_embeddings(fp32_xml: Pat
 def test_accuracy_control_puts_layers_back_in_float_until_the_validation_cosine_is_met(
     fp32_xml: Path, fp32_onnx: Path, int8_xml: Path, calibration: np.ndarray, tmp_path: Path
 ) -> None:
-    from factory.compress.ptq import _mean_cosine, held_out_split
+    from factory.compress.ptq import held_out_split
+    from factory.export.parity import row_cosines
+
+    def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float(row_cosines(a, b).mean())
 
     # held out: every fourth calibration face, never calibrated on
     calibrate, validate = held_out_split(list(calibration[:, None]))
@@ -378,13 +382,24 @@ def test_accuracy_control_puts_layers_back_in_float_until_the_validation_cosine_
     assert quantization_evidence(controlled)[0] < quantization_evidence(int8_xml)[0]  # fewer FakeQuantize ops
     held_out = calibration[::4]
     reference = openvino_runner(fp32_xml)(held_out)
-    assert _mean_cosine(openvino_runner(controlled)(held_out), reference) >= 0.999999
-    assert _mean_cosine(openvino_runner(int8_xml)(held_out), reference) < 0.999999  # plain PTQ does not reach it
+    assert mean_cosine(openvino_runner(controlled)(held_out), reference) >= 0.999999
+    assert mean_cosine(openvino_runner(int8_xml)(held_out), reference) < 0.999999  # plain PTQ does not reach it
     controlled_onnx = quantize_onnx(fp32_onnx, tmp_path / "controlled.onnx", calibration, strict)
     assert (
         onnx_op_counts(controlled_onnx)["QuantizeLinear"]
         < onnx_op_counts(quantize_onnx(fp32_onnx, tmp_path / "plain.onnx", calibration))["QuantizeLinear"]
     )
-    assert _mean_cosine(onnx_runner(controlled_onnx)(held_out), onnx_runner(fp32_onnx)(held_out)) >= 0.999999
+    assert mean_cosine(onnx_runner(controlled_onnx)(held_out), onnx_runner(fp32_onnx)(held_out)) >= 0.999999
     with pytest.raises(ValueError, match="4 are too few"):
         quantize_openvino(fp32_xml, tmp_path / "few.xml", calibration[:4], strict)
+
+
+def test_row_cosines_golden_values_and_zero_rows() -> None:
+    from factory.export.parity import row_cosines
+
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    b = np.array([[0.0, 2.0], [2.0, 2.0], [1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(row_cosines(a, b), [0.0, 1.0, 0.0, 0.0], atol=1e-12)
+    # a row zero on both sides has not moved when asked so (layer drift); one zero side is still a failure
+    np.testing.assert_allclose(row_cosines(a, b, both_zero=1.0), [0.0, 1.0, 0.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(row_cosines(a[:2, None, :], -b[:2, None, :]), [0.0, -1.0], atol=1e-12)  # flattened

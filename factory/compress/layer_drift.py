@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from factory.export.parity import row_cosines
+
 _ONNX_LAYERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _OPENVINO_LAYERS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
 
@@ -62,15 +64,8 @@ def format_layers(rows: list[dict[str, Any]]) -> str:
 
 
 def _cosines(reference: list[np.ndarray], candidate: list[np.ndarray]) -> list[float]:
-    """Mean over faces of the cosine between flattened outputs, per layer."""
-    out = []
-    for a, b in zip(reference, candidate, strict=True):
-        a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        # A layer whose output is all zeros in both (a dead channel block) has not moved.
-        cos = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
-        out.append(float(cos.mean()))
-    return out
+    """Mean over faces of the cosine between flattened outputs, per layer (all zeros in both: not moved)."""
+    return [float(row_cosines(a, b, both_zero=1.0).mean()) for a, b in zip(reference, candidate, strict=True)]
 
 
 def _nearest_layers(start: Iterable[Any], producer: Callable[[Any], list[Any]], is_layer: Callable[[Any], bool]) -> set:

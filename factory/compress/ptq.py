@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from factory.export.parity import row_cosines
 from factory.recipe.schema import between
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
     import openvino as ov
 
 PRESETS = ("mixed", "performance")
-_F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # true FP32 for the reference and the float parts of an INT8 IR
 ACTIVATION_RANGES = ("minmax", "mean_minmax")
 OVERFLOW_FIXES = ("enable", "first_layer", "disable")
+_F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # true FP32 for the reference and the float parts of an INT8 IR
 # Ops that carry weights or combine the embedding; the head is the run of them after the last spatial tensor.
 _HEAD_OP_TYPES = {"MatMul", "Convolution", "GroupConvolution", "Add", "Multiply", "Subtract"}
 _ONNX_HEAD_OP_TYPES = {"Gemm", "MatMul", "Conv", "Add", "Mul", "Sub"}
@@ -204,7 +205,7 @@ def _nncf_quantize(model: Any, samples: list[Any], settings: PTQSettings, ignore
         model,
         nncf.Dataset(calibrate),
         nncf.Dataset(validate),
-        lambda candidate, data: (_mean_cosine(_embeddings(candidate, list(data)), reference), None),
+        lambda candidate, data: (float(row_cosines(_embeddings(candidate, list(data)), reference).mean()), None),
         max_drop=1.0 - settings.min_validation_cosine,
         subset_size=settings.subset_size or len(calibrate),
         advanced_quantization_parameters=advanced,
@@ -271,12 +272,6 @@ def _embeddings(model: Any, samples: list[Any]) -> np.ndarray:
     compiled = model if isinstance(model, ov.CompiledModel) else ov.Core().compile_model(model, "CPU", _F32)
     request = compiled.create_infer_request()
     return np.concatenate([np.array(request.infer(sample)[0]) for sample in samples])
-
-
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float(np.mean(np.sum(a * b, axis=1)))
 
 
 def head_node_names(model: ov.Model) -> list[str]:

@@ -88,13 +88,24 @@ def row_agreement(
         if ref.shape != cand.shape:
             raise ParityError(f"reference returned shape {ref.shape} but candidate returned {cand.shape}")
         ref, cand = ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)
-        # A zero embedding has no direction; the epsilon makes its cosine 0 (a failure) instead of NaN.
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-        cosines.append((ref * cand).sum(axis=1) / np.maximum(norms, 1e-12))
+        cosines.append(row_cosines(ref, cand))
         diffs.append(np.abs(ref - cand).max(axis=1))
     if not cosines:
         raise ParityError("no inputs to compare: parity needs at least one")
     return np.concatenate(cosines), np.concatenate(diffs)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray, both_zero: float = 0.0) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b`` (rows flattened), in float64.
+
+    A zero row has no direction: its cosine is 0 (a failure) instead of NaN, or ``both_zero`` where both rows are
+    zero (a layer output that is all zeros before and after has not moved).
+    """
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cosine = (a * b).sum(axis=1) / np.maximum(norm_a * norm_b, 1e-12)
+    return np.where((norm_a == 0) & (norm_b == 0), both_zero, cosine)
 
 
 def cosine_statistics(cosine: np.ndarray, abs_diff: np.ndarray) -> dict[str, float | int]:
