@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from run import cpu_name
 
-from factory.evaluate.latency import measure_latency
 from factory.export.onnx import export_onnx
 from factory.export.openvino import convert_to_openvino
 from factory.export.parity import fixed_inputs
 from factory.files import write_json
 from factory.models.zoo import create_model, list_models, model_info
+from factory.runtime.latency import measure_latency
 from factory.runtime.runners import onnx_runner, openvino_runner, torch_runner
 
 

@@ -40,8 +40,8 @@ from factory.compress.stage import drift_faces
 from factory.data.benchmark import PairBenchmark
 from factory.data.stage import BENCHMARK_FILE, CALIBRATION_FILE, load_calibration
 from factory.evaluate.benchmark_eval import compare_results, embed_images, evaluate_embeddings, resample_benchmark
-from factory.evaluate.latency import measure_latency
 from factory.export.parity import cosine_statistics, row_agreement
+from factory.runtime.latency import measure_latency
 from factory.runtime.preprocess import to_model_input_numpy
 from factory.runtime.runners import embed_uint8, onnx_runner, openvino_runner
 
@@ -157,7 +157,13 @@ def ort_quantize_static(onnx_in: Path, onnx_out: Path, calibration: np.ndarray, 
 
 
 def study_student(
-    name: str, student: Student, work: Path, budget_s: float, quick: bool, qat_steps: int = 0
+    name: str,
+    student: Student,
+    work: Path,
+    budget_s: float,
+    quick: bool,
+    qat_steps: int = 0,
+    qat_batchnorm: tuple[str, ...] = ("frozen",),
 ) -> dict[str, Any]:
     """Every row for one student."""
     rows: dict[str, Any] = {}
@@ -205,15 +211,17 @@ def study_student(
             "onnxruntime",
             lambda p, r=reduce_range: ort_quantize_static(student.onnx, p, student.calibration, r),
         )
-    if qat_steps:
-        made = quantization_aware(student, work, qat_steps)
-        int8(f"openvino int8: qat, {qat_steps} steps", "openvino", lambda p: made["openvino_qat_int8"])
-        int8(f"onnx q/dq int8: qat, {qat_steps} steps", "onnxruntime", lambda p: made["onnx_qat_int8"])
+    for batchnorm in qat_batchnorm if qat_steps else ():
+        made = quantization_aware(student, work / f"qat_{batchnorm}", qat_steps, batchnorm == "frozen")
+        tag = f"qat, {qat_steps} steps" + (", batchnorm frozen" if batchnorm == "frozen" else "")
+        int8(f"openvino int8: {tag}", "openvino", lambda p, m=made: m["openvino_qat_int8"])
+        int8(f"onnx q/dq int8: {tag}", "onnxruntime", lambda p, m=made: m["onnx_qat_int8"])
     return {label: {k: v for k, v in row.items() if not k.startswith("_")} for label, row in rows.items()}
 
 
-def quantization_aware(student: Student, work: Path, steps: int) -> dict[str, Path]:
-    """The factory's QAT (recipe defaults but ``steps``) of the distilled student: its two INT8 files by name."""
+def quantization_aware(student: Student, work: Path, steps: int, freeze_batchnorm: bool) -> dict[str, Path]:
+    """The factory's QAT (recipe defaults but ``steps`` and ``freeze_batchnorm``) of the distilled student: its two
+    INT8 files by name."""
     import yaml
 
     from factory.compress.compressors import CompressContext
@@ -227,10 +235,10 @@ def quantization_aware(student: Student, work: Path, steps: int) -> dict[str, Pa
     resolved = yaml.safe_load((student.distill / "recipe.resolved.yaml").read_text())
     world = ProceduralFaceWorld(seed=int(resolved["data"]["world"]["seed"]))
     parent = BuiltArtifact(Artifact("torch_fp32", ("student.pt",), "torch"), student.distill)
-    out = work / "qat"
-    out.mkdir(exist_ok=True)
+    out = work
+    out.mkdir(parents=True, exist_ok=True)
     ctx = CompressContext({"torch_fp32": parent}, student.calibration, out, world=world, seed=0, progress=True)
-    method = QuantFaceQAT(source=ProceduralSourceConfig())
+    method = QuantFaceQAT(source=ProceduralSourceConfig(), freeze_batchnorm=freeze_batchnorm)
     method.train.steps = steps
     start = time.perf_counter()
     made = {artifact.name: out / artifact.files[0] for artifact in method.compress(ctx)}
@@ -251,8 +259,15 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of latency timing per row and batch")
     parser.add_argument("--quick", action="store_true", help="three OpenVINO and two NNCF ONNX rows only")
     parser.add_argument("--qat-steps", type=int, default=0, help="add the factory's QAT with this many steps")
+    parser.add_argument(
+        "--qat-batchnorm",
+        choices=("train", "frozen", "both"),
+        default="frozen",
+        help="QAT with BatchNorm frozen (the factory's default), in training mode, or one of each",
+    )
     parser.add_argument("--name", default="quantization_fidelity", help="results/<name>.json")
     args = parser.parse_args()
+    batchnorm = ("train", "frozen") if args.qat_batchnorm == "both" else (args.qat_batchnorm,)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.run:
@@ -264,7 +279,7 @@ def main() -> None:
                 "calibration_images": len(student.calibration),
                 "drift_faces": len(student.drift_faces),
                 "benchmark_pairs": int(len(student.bench.issame)),
-                "rows": study_student(name, student, Path(tmp), args.budget, args.quick, args.qat_steps),
+                "rows": study_student(name, student, Path(tmp), args.budget, args.quick, args.qat_steps, batchnorm),
             }
     flat = {}
     for name, entry in results.items():

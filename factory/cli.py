@@ -189,13 +189,16 @@ def build(
 
 
 def _echo_validation(metrics: dict[str, Any]) -> None:
-    """The accuracy table and, when artifacts were compared with their parents, the paired comparisons."""
-    from factory.evaluate.tables import accuracy_table, comparison_table
+    """The accuracy table, the paired comparisons with parent artifacts and the latency table, where there are."""
+    from factory.evaluate.tables import accuracy_table, comparison_table, latency_table
 
     click.echo("\n" + accuracy_table(metrics))
     paired = comparison_table(metrics)
     if paired:
         click.echo("\npaired with the parent artifact (same pairs and draws; McNemar p per group):\n" + paired)
+    timed = latency_table(metrics)
+    if timed:
+        click.echo("\nlatency (the runtime's own call; benchmark_app beside each OpenVINO IR):\n" + timed)
 
 
 @main.command()

@@ -31,6 +31,7 @@ TINY_BUILD = [
     "distill.train.checkpoint_every=4",
     "validate.latency_warmup=2",
     "validate.latency_repeats=5",
+    "validate.benchmark_app_seconds=1",
     # A dozen steps cannot make a good model: these gates check the mechanism, the demo checks the quality.
     "gates.min_accuracy=0.3",
     "gates.max_std=0.5",

@@ -461,6 +461,20 @@ CASES = [
         ["r.yaml:2: validate.latency_warmup:", "(expected an integer >= 0)"],
         max_lines=1,
     ),
+    Case(
+        "latency-batches-without-1",
+        recipe("validate:\n  latency_batches: [8, 32]\n"),
+        EXIT_INPUT,
+        ["validate.latency_batches: got [8, 32] (expected distinct batch sizes >= 1, including 1)"],
+        max_lines=1,
+    ),
+    Case(
+        "benchmark-app-seconds-negative",
+        recipe("validate: {benchmark_app_seconds: -1}\n"),
+        EXIT_INPUT,
+        ["r.yaml:1: validate.benchmark_app_seconds:", "expected"],
+        max_lines=1,
+    ),
     # Source configs (union members get the same range checks)
     Case(
         "mix-weight-negative",

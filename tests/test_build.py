@@ -110,6 +110,11 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
         (line,) = [x for x in report.splitlines() if x.startswith(f"- {int8} (")]
         assert " MB) vs " in line and "1st percentile" in line
     assert report.count("  - layers moved most: ") == 2
+    # every shipped artifact timed at batch 1; each OpenVINO IR also by benchmark_app, with the difference
+    timed = report.split("## Latency")[1].split("## Gates")[0].splitlines()
+    for name in manifest["artifacts"]:
+        (row,) = [x for x in timed if x.startswith(f"{name} ")]
+        assert row.split()[1] == "1" and row.endswith(" %" if name.startswith("openvino") else " -"), row
     for int8 in ("openvino_int8", "onnx_int8"):
         assert len(manifest["artifacts"][int8]["metrics"]["evaluation"]["groups"]) >= 4
     assert manifest["lineage"]["recipe"]["distill"]["train"]["steps"] == 12

@@ -1,4 +1,4 @@
-"""Golden values for the verification protocol, the fairness summary and latency measurement."""
+"""Golden values for the verification protocol and the fairness summary (latency: tests/test_latency.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 from factory.data.benchmark import PairBenchmark
 from factory.evaluate.benchmark_eval import embed_images, evaluate_embeddings
 from factory.evaluate.fairness import summarize_groups
-from factory.evaluate.latency import measure_latency
 from factory.evaluate.verification import (
     THRESHOLDS,
     VAL_THRESHOLDS,
@@ -187,19 +186,6 @@ def test_benchmark_file_round_trip(tmp_path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         PairBenchmark.load(tmp_path / "junk.npz")
-
-
-def test_latency_median_of_timed_calls() -> None:
-    calls = []
-
-    def run() -> None:
-        calls.append(1)
-        sum(range(2000))
-
-    result = measure_latency(run, warmup=3, repeats=7, threads=1)
-    assert len(calls) == 10
-    assert 0 < result.min_ms <= result.median_ms <= result.max_ms
-    assert result.repeats == 7 and result.threads == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
+from distill_toys import Slow, Stopped
 from helpers import randomise_stats
 
 from factory.compress import COMPRESSORS
 from factory.compress.compressors import CompressContext
-from factory.compress.qat import QuantFaceQAT
+from factory.compress.qat import QuantFaceQAT, keep_batchnorm_frozen
 from factory.data.sources import ProceduralSourceConfig
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.export.onnx import read_onnx_contract
@@ -28,20 +30,21 @@ from factory.runtime.artifacts import Artifact
 from factory.runtime.runners import onnx_runner, openvino_runner, torch_runner
 
 
-# About 40 s on 2 cores; the default run builds the QAT recipe end to end (test_build), this checks the files closely.
-@pytest.mark.slow
-def test_qat_fine_tunes_and_writes_an_int8_ir_and_a_qdq_onnx(tmp_path: Path) -> None:
+def _qat_context(tmp_path: Path) -> tuple[CompressContext, torch.nn.Module]:
+    tmp_path.mkdir(exist_ok=True)
+    torch.manual_seed(0)  # the same student in every directory
     student = create_model("tinyfar_c").eval()
     randomise_stats(student, seed=0)
     save_model(tmp_path / "student.pt", student)
     parent = BuiltArtifact(Artifact("torch_fp32", ("student.pt",), "torch"), tmp_path)
-    ctx = CompressContext(
-        parents={"torch_fp32": parent},
-        calibration=fixed_inputs(student.contract, n=16, seed=1),
-        work_dir=tmp_path,
-        world=ProceduralFaceWorld(seed=0),
-        seed=0,
-    )
+    calibration = fixed_inputs(student.contract, n=16, seed=1)
+    return CompressContext({"torch_fp32": parent}, calibration, tmp_path, world=ProceduralFaceWorld(seed=0)), student
+
+
+# About 40 s on 2 cores; the default run builds the QAT recipe end to end (test_build), this checks the files closely.
+@pytest.mark.slow
+def test_qat_fine_tunes_and_writes_an_int8_ir_and_a_qdq_onnx(tmp_path: Path) -> None:
+    ctx, student = _qat_context(tmp_path)
     train = TrainConfig(steps=3, batch_size=8, optimizer="sgd", lr=1e-4, channels_last=False, tensorboard=False)
     method = QuantFaceQAT(source=ProceduralSourceConfig(), train=train)
     assert COMPRESSORS.get("qat") is QuantFaceQAT
@@ -63,6 +66,45 @@ def test_qat_fine_tunes_and_writes_an_int8_ir_and_a_qdq_onnx(tmp_path: Path) -> 
     for path, runner in ((xml, openvino_runner), (onnx_path, onnx_runner)):
         assert check_parity(torch_runner(student), runner(path), inputs).mean_cosine > 0.9, path
     assert runner(onnx_path)(inputs[:3]).shape == (3, 512)  # dynamic batch
+
+
+# About 2 minutes on 2 cores: three QAT runs of TinyFaR-C.
+@pytest.mark.slow
+def test_an_interrupted_qat_resumes_to_the_same_int8_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fine-tune checkpoints through the loop; a crash mid-way resumes to the file an uncut run writes."""
+    train = TrainConfig(
+        steps=4, batch_size=4, optimizer="sgd", lr=1e-2, checkpoint_every=2, channels_last=False, tensorboard=False
+    )
+    outputs, opened = {}, ProceduralSourceConfig.open
+    inputs = fixed_inputs(create_model("tinyfar_c").contract, n=4, seed=3)
+    for run in ("whole", "cut"):
+        ctx, _ = _qat_context(tmp_path / run)
+        method = QuantFaceQAT(source=ProceduralSourceConfig(), train=train, freeze_batchnorm=True)
+        if run == "cut":
+            monkeypatch.setattr(ProceduralSourceConfig, "open", lambda self, where: Slow(opened(self, where), 0, 3))
+            with pytest.raises(Stopped):
+                method.compress(ctx)
+            assert torch.load(ctx.work_dir / "qat" / "resume.pt", weights_only=True)["step"] == 2
+            monkeypatch.undo()
+        ir, qdq = method.compress(ctx)
+        if run == "cut":
+            assert ctx.notes["qat"]["resumed_from"] == 2
+        outputs[run] = [
+            runner(ctx.work_dir / a.files[0])(inputs) for a, runner in ((ir, openvino_runner), (qdq, onnx_runner))
+        ]
+    for whole, cut in zip(outputs["whole"], outputs["cut"], strict=True):
+        assert (whole == cut).all()
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics_while_the_rest_trains() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    before = model[1].running_mean.clone()
+    keep_batchnorm_frozen(model)
+    assert model.train() is model and model.training and model[2].training and not model[1].training
+    model(torch.randn(2, 3, 8, 8) + 3)
+    assert torch.equal(model[1].running_mean, before)
+    model.eval()
+    assert not model[2].training
 
 
 @pytest.mark.parametrize(

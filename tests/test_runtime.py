@@ -41,14 +41,19 @@ class Blocker(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Blocker())
 import factory.runtime.artifacts
+import factory.runtime.benchmark_app
 import factory.runtime.contract
+import factory.runtime.latency
 import factory.runtime.manifest
 import factory.runtime.preprocess
 import factory.runtime.runners
 import factory.runtime.verify
 
 checks = factory.runtime.verify.verify_release(sys.argv[1], threads=1)
+runner = factory.runtime.runners.onnx_runner(sys.argv[1] + "/model.onnx")
+timed = factory.runtime.latency.time_runner(runner, (1, 4), warmup=1, repeats=3)
 print(json.dumps({
+    "timed": {b: [r.batch, r.repeats] for b, r in timed.items()},
     "checks": [[c.passed, c.message] for c in checks],
     "loaded": sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED),
     "runtimes": factory.runtime.runners.RUNTIMES.names(),
@@ -130,6 +135,7 @@ def test_verify_release_runs_without_torch(tmp_path: Path) -> None:
     assert result["checks"] and all(passed for passed, _ in result["checks"]), result["checks"]
     assert [m for _, m in result["checks"]][-1].startswith("golden onnx_fp32: cosine 1.000000 (limit 0.9999)")
     assert result["loaded"] == [], "the runtime layer imported a build-side package"
+    assert result["timed"] == {"1": [1, 3], "4": [4, 3]}  # the latency harness runs on a target too
     # "torch" is registered by the build side (factory.models), never by the runtime layer itself.
     assert result["runtimes"] == ["onnxruntime", "openvino", "tensorrt"]
 

@@ -27,13 +27,14 @@ from factory.evaluate.benchmark_eval import (
     evaluate_embeddings,
     resample_benchmark,
 )
-from factory.evaluate.latency import measure_latency
 from factory.evaluate.operational import cross_group_fmr
 from factory.evaluate.tables import percent_interval
 from factory.evaluate.verification import pair_distances
-from factory.export.parity import fixed_inputs
 from factory.files import atomic_path, write_json
-from factory.pipeline.stage import Stage, StageContext, StageResult
+from factory.pipeline.stage import BuiltArtifact, Stage, StageContext, StageResult
+from factory.recipe.schema import ValidateConfig
+from factory.runtime.benchmark_app import BenchmarkAppUnavailable, difference, run_benchmark_app
+from factory.runtime.latency import time_runner
 from factory.runtime.runners import embed_uint8
 
 METRICS_FILE = "metrics.json"
@@ -78,15 +79,7 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
                 len(bench.group_names),
             )
         if not built.artifact.reference:
-            timed = built.runner(threads=cfg.threads)
-            x = fixed_inputs(timed.contract, n=1)
-            entry["latency"] = measure_latency(
-                lambda timed=timed, x=x: timed(x),
-                warmup=cfg.latency_warmup,
-                repeats=cfg.latency_repeats,
-                threads=cfg.threads,
-                level=cfg.confidence,
-            ).to_dict()
+            entry |= time_artifact(built, cfg)
         results[built.name] = entry
     metrics = {
         "artifacts": results,
@@ -101,6 +94,37 @@ def validate_artifacts(ctx: StageContext) -> StageResult:
     with atomic_path(ctx.work_dir / DISTANCES_FILE) as tmp, open(tmp, "wb") as f:
         np.savez(f, **{name: d.astype(np.float32) for name, d in distances.items()})
     return StageResult(metrics)
+
+
+def time_artifact(built: BuiltArtifact, cfg: ValidateConfig) -> dict[str, Any]:
+    """Latency of the artifact's runtime call at every batch size, and ``benchmark_app``'s beside it for an IR.
+
+    ``latency`` is batch 1's (what the gates read); ``latency_by_batch`` holds every size.
+    """
+    runner = built.runner(threads=cfg.threads)
+    by_batch = time_runner(runner, cfg.latency_batches, cfg.latency_warmup, cfg.latency_repeats, cfg.confidence)
+    timed: dict[str, Any] = {
+        "latency": by_batch[1].to_dict(),
+        "latency_by_batch": {str(b): result.to_dict() for b, result in by_batch.items()},
+    }
+    if built.artifact.runtime == "openvino" and cfg.benchmark_app_seconds > 0:
+        checks: dict[str, Any] = {}
+        for batch, ours in by_batch.items():
+            try:
+                app = run_benchmark_app(
+                    built.path,
+                    batch,
+                    runner.contract.input_size,
+                    threads=cfg.threads,
+                    precision=str(built.artifact.options.get("precision", "f32")),
+                    seconds=cfg.benchmark_app_seconds,
+                )
+            except (BenchmarkAppUnavailable, RuntimeError) as e:  # recorded and shown, never a silent gap
+                checks[str(batch)] = {"error": str(e)}
+                continue
+            checks[str(batch)] = app.to_dict() | {"difference": difference(ours.median_ms, app.median_ms)}
+        timed["benchmark_app"] = checks
+    return timed
 
 
 def _summary(m: dict[str, Any]) -> str:

@@ -114,6 +114,42 @@ def comparison_table(metrics: dict[str, Any]) -> str:
     return _fixed_width(["change (points)", *groups, "mean", "STD"], rows)
 
 
+def latency_table(metrics: dict[str, Any]) -> str:
+    """Every timed artifact at every batch size: median [interval], p90, p99 (ms) and faces/s.
+
+    For an OpenVINO IR ``benchmark_app``'s median follows, with the factory's relative difference from it. Empty
+    when nothing was timed.
+    """
+    rows = []
+    for name in artifact_order(metrics):
+        entry = metrics["artifacts"][name]
+        app = entry.get("benchmark_app") or {}
+        for batch, r in (entry.get("latency_by_batch") or {}).items():
+            check = app.get(batch)
+            if check is None:
+                cross = ["-", "-"]
+            elif "error" in check:
+                cross = ["failed", check["error"][:60]]
+            else:
+                cross = [f"{check['median_ms']:.2f}", f"{100 * check['difference']:+.1f} %"]
+            low, high = r["median_ci"]
+            rows.append(
+                [
+                    name,
+                    batch,
+                    f"{r['median_ms']:.2f} [{low:.2f}, {high:.2f}]",
+                    f"{r['p90_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}",
+                    f"{r['throughput_per_s']:.0f}",
+                    *cross,
+                ]
+            )
+    if not rows:
+        return ""
+    head = ["artifact", "batch", "median ms", "p90", "p99", "faces/s", "benchmark_app ms", "difference"]
+    return _fixed_width(head, rows)
+
+
 def signed_interval(delta: float, ci: Sequence[float] | None) -> str:
     """A change in points with its interval: ``-0.33 [-1.02, +0.41]``."""
     if ci is None:

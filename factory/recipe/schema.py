@@ -399,10 +399,21 @@ class ValidateConfig:
     threads: int = field(default=1, metadata=_THREADS)  # fixed thread count for latency
     latency_warmup: int = field(default=20, metadata=between(ge=0))
     latency_repeats: int = field(default=100, metadata=between(ge=1))
+    # batch sizes every non-reference artifact is timed at; batch 1 is the one latency gates read
+    latency_batches: list[int] = field(default_factory=lambda: [1])
+    # OpenVINO's benchmark_app times every IR at the same batches and threads beside the factory's harness for this
+    # many seconds each (0: not run); the two medians are recorded with their relative difference
+    benchmark_app_seconds: float = field(default=3.0, metadata=between(ge=0, le=600))
     # Bootstrap over subjects for every interval and paired comparison (fewer than 100 replicates give jumpy bounds).
     bootstrap_replicates: int = field(default=1000, metadata=between(ge=100, le=100_000))
     confidence: float = field(default=0.95, metadata=between(gt=0.5, lt=1.0))  # level of every interval
     bootstrap_seed: int = field(default=0, metadata=_SEED)  # fixed, so two runs on one benchmark pair up
+
+    def check(self, fail: Callable[[str, str], None]) -> None:
+        """Batch sizes that can be timed, batch 1 among them (the latency gates read it)."""
+        batches = self.latency_batches
+        if 1 not in batches or min(batches) < 1 or len(set(batches)) != len(batches):
+            fail("latency_batches", f"got {batches} (expected distinct batch sizes >= 1, including 1)")
 
 
 GateMode = Literal["point", "confidence"]

@@ -25,7 +25,7 @@ from factory.data.stage import BENCHMARK_FILE
 from factory.evaluate.ledger import build_ledger, format_ledger
 from factory.evaluate.operational import report_lines
 from factory.evaluate.plots import accuracy_by_stage, fmr_heatmap
-from factory.evaluate.tables import accuracy_table, artifact_order, comparison_table
+from factory.evaluate.tables import accuracy_table, artifact_order, comparison_table, latency_table
 from factory.export.parity import format_group_drift
 from factory.files import atomic_path, sha256_tree, write_json, write_text
 from factory.pipeline.stage import BuiltArtifact, GateFailure, Stage, StageContext, StageResult
@@ -172,6 +172,24 @@ def _comparison_section(validation: dict[str, Any]) -> list[str]:
     ]
 
 
+def _latency_section(validation: dict[str, Any]) -> list[str]:
+    table = latency_table(validation)
+    if not table:
+        return []
+    return [
+        "## Latency",
+        "",
+        "The runtime's own inference call with its input bound beforehand, after warm-up, at the recipe's threads;",
+        "[ ] is the 95 % distribution-free interval of the median. Each OpenVINO IR is also timed by OpenVINO's",
+        "`benchmark_app` (sync API, one stream, same threads, precision and batch); difference = ours / its - 1.",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+    ]
+
+
 def _report(
     name: str,
     version: str,
@@ -215,6 +233,7 @@ def _report(
         "![per-group accuracy](fairness.png)",
         "",
         *_comparison_section(validation),
+        *_latency_section(validation),
         "## Gates",
         "",
         "```",

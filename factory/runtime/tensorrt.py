@@ -8,6 +8,7 @@ hold the input/output buffers) are imported inside the functions, so importing t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class TensorRTRunner:
     """Runs a serialized engine on the current CUDA device; input/output buffers are torch CUDA tensors."""
 
     kind = "tensorrt"
+    threads = 1  # a GPU engine has no CPU thread setting; the launching thread is the one
 
     def __init__(self, engine_path: str | os.PathLike[str], contract: ModelContract | None = None) -> None:
         trt = _import_tensorrt()
@@ -48,18 +50,29 @@ class TensorRTRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Embed one batch of normalised input."""
+        execute, output = self._bind(x)
+        execute()
+        return output.cpu().numpy()
+
+    def prepare(self, x: np.ndarray) -> Callable[[], object]:
+        """The engine's execution on ``x`` already on the GPU, synchronised: host copies stay outside."""
+        return self._bind(x)[0]
+
+    def _bind(self, x: np.ndarray) -> tuple[Callable[[], None], Any]:
         torch = self._torch
-        x = check_model_input(x, self.contract, self.kind)
-        inputs = torch.from_numpy(x).cuda()
+        inputs = torch.from_numpy(check_model_input(x, self.contract, self.kind)).cuda()
         self.context.set_input_shape(self._input, tuple(inputs.shape))
         output = torch.empty(tuple(self.context.get_tensor_shape(self._output)), dtype=torch.float32, device="cuda")
         self.context.set_tensor_address(self._input, inputs.data_ptr())
         self.context.set_tensor_address(self._output, output.data_ptr())
         stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution of {self.path} failed")
-        stream.synchronize()
-        return output.cpu().numpy()
+
+        def execute(_inputs: Any = inputs) -> None:  # the default keeps the input buffer alive with the call
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution of {self.path} failed")
+            stream.synchronize()
+
+        return execute, output
 
 
 def tensorrt_runner(engine_path: str | os.PathLike[str], contract: ModelContract | None = None) -> TensorRTRunner:
