@@ -110,7 +110,8 @@ def _model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--artifact",
             type=click.Path(dir_okay=False, path_type=Path),
-            help="An exported model instead: .onnx, .xml (OpenVINO), .engine (TensorRT), TorchScript or a checkpoint.",
+            help="An exported model instead: .onnx or .ort (ONNX Runtime), .xml (OpenVINO), .engine (TensorRT), "
+            "TorchScript or a checkpoint.",
         ),
         click.option(
             "--normalization",

@@ -297,7 +297,8 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     from factory.recipe import load_recipe
     from factory.runtime.verify import verify_release
 
-    formats = "export.formats=[{kind: onnx}, {kind: openvino}, {kind: openvino_fp16}]"
+    # ort_mobile is a built-in kind, along for the ride: ONNX Runtime's mobile file through the whole build
+    formats = "export.formats=[{kind: onnx}, {kind: openvino}, {kind: openvino_fp16}, {kind: ort_mobile}]"
     result = run_build(load_recipe(RECIPE, [f"run_dir={first_build[0]}", *TINY, formats]), echo=lambda line: None)
     assert result.stages["distill"].cached  # the models are reused; everything from export on sees the new kind
     validation = result.stages["validate"].metrics
@@ -307,6 +308,7 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
         "onnx_fp32",
         "openvino_fp32",
         "openvino_fp16",
+        "ort_mobile_fp32",
         "openvino_int8",
         "onnx_int8",
     ]
@@ -319,6 +321,8 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     checks = verify_release(result.release_dir)
     assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
     assert any(c.message.startswith("golden openvino_fp16: cosine") for c in checks)
+    assert any(c.message.startswith("golden ort_mobile_fp32: cosine") for c in checks)
+    assert {"student.ort", "student.required_operators.config"} <= set(manifest["files"])
 
 
 SHRUNK = {

@@ -1,6 +1,7 @@
 """Export: ONNX (contract metadata, dynamic batch, PReLU rewrite), OpenVINO IR, runners, parity, TensorRT."""
 
 import importlib.util
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -191,6 +192,32 @@ def test_convert_takes_an_explicit_contract(onnx_path: Path, tmp_path: Path) -> 
     other = ModelContract(input_size=(32, 32), colour_order="BGR")
     xml = convert_to_openvino(onnx_path, tmp_path / "other.xml", other)
     assert read_openvino_contract(xml) == other
+
+
+def test_ort_mobile_round_trip_with_its_operator_config(
+    model: TestNet, onnx_path: Path, inputs: np.ndarray, tmp_path: Path
+) -> None:
+    from factory.export.exporters import EXPORTERS, ExportContext
+    from factory.runtime.artifacts import Artifact
+
+    shutil.copy(onnx_path, tmp_path / "student.onnx")
+    made = {"onnx_fp32": Artifact("onnx_fp32", ("student.onnx",), "onnxruntime")}
+    exporter = EXPORTERS.get("ort_mobile")()
+    with pytest.raises(ValueError, match="list {kind: onnx} before it"):
+        exporter.export(ExportContext(model, tmp_path, {}, "torch_fp32"))
+    artifact = exporter.export(ExportContext(model, tmp_path, made, "torch_fp32"))
+    assert artifact.files == ("student.ort", "student.required_operators.config")
+    assert (artifact.name, artifact.runtime, artifact.derived_from) == ("ort_mobile_fp32", "onnxruntime", "onnx_fp32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx", *artifact.files]  # nothing left behind
+    assert (tmp_path / "student.ort").read_bytes()[4:8] == b"ORTM"  # the flatbuffer's file identifier
+    runner = load_runner(tmp_path / "student.ort")
+    assert runner.contract == CONTRACT  # the contract travels in the .ort file
+    assert check_parity(torch_runner(model), runner, inputs).min_cosine > 0.9999
+    assert runner(inputs[:3]).shape == (3, 512)  # dynamic batch
+    # the reduced build's operator list names what the optimised graph runs
+    config = (tmp_path / artifact.files[1]).read_text()
+    line = next(x for x in config.splitlines() if x.startswith("ai.onnx;"))
+    assert {"Conv", "Gemm"} & set(line.split(";")[2].split(","))
 
 
 # --- runners ------------------------------------------------------------------------------------------------------

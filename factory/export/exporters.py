@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from factory.export.onnx import export_onnx
 from factory.export.openvino import convert_to_openvino
+from factory.export.ort_mobile import convert_to_ort
 from factory.recipe.schema import between
 from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
@@ -98,4 +99,31 @@ class OpenVINOExport:
             golden_min_cosine=FP32_GOLDEN_MIN_COSINE,
             # On AMX/AVX512-BF16 CPUs the plugin runs bf16 unless told otherwise: FP32 means the f32 hint.
             options={"precision": "f32"},
+        )
+
+
+@EXPORTERS.register("ort_mobile")
+@dataclass
+class OrtMobileExport:
+    """ONNX Runtime's mobile format (``.ort``) of the ONNX export, with the operator list of a reduced runtime build.
+
+    Converted from the ONNX artifact: list ``onnx`` before it.
+    """
+
+    kind: str = "ort_mobile"
+    # arm: phones and Jetson CPUs (x86-only NCHWc layouts left out, so the file runs on any CPU); amd64 keeps them
+    target_platform: Literal["arm", "amd64"] = "arm"
+
+    def export(self, ctx: ExportContext) -> Artifact:
+        """Write ``student.ort`` and ``student.required_operators.config`` from the ONNX artifact."""
+        if "onnx_fp32" not in ctx.made:
+            raise ValueError("export.formats: ort_mobile converts the ONNX export: list {kind: onnx} before it")
+        onnx = ctx.made["onnx_fp32"]
+        model, config = convert_to_ort(ctx.work_dir / onnx.files[0], ctx.work_dir, self.target_platform)
+        return Artifact(
+            "ort_mobile_fp32",
+            (model.name, config.name),
+            "onnxruntime",
+            derived_from=onnx.name,
+            golden_min_cosine=FP32_GOLDEN_MIN_COSINE,
         )

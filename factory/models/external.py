@@ -214,7 +214,7 @@ def load_any_model(
 ) -> nn.Module:
     """Load whatever the user has as a module with a contract.
 
-    - ``.onnx`` / ``.xml`` / ``.engine``: a :class:`RunnerModule` over ONNX Runtime / OpenVINO / TensorRT; the
+    - ``.onnx``/``.ort`` / ``.xml`` / ``.engine``: a :class:`RunnerModule` over ONNX Runtime / OpenVINO / TensorRT; the
       contract is read from the file when the factory exported it, else ``contract`` (default: arcface).
     - TorchScript (``.ts``/``.torchscript``/``.jit``, or any TorchScript archive): :class:`TorchScriptModule`.
     - a factory checkpoint: as saved.

@@ -296,6 +296,7 @@ def _tensorrt_runner(
 # suffix -> (runtime, what a file with that suffix must be; used in the missing-file message)
 SUFFIX_RUNTIMES = {
     ".onnx": ("onnxruntime", "an ONNX model (.onnx)"),
+    ".ort": ("onnxruntime", "an ONNX Runtime format model (.ort)"),
     ".xml": ("openvino", "an OpenVINO IR (.xml with its .bin)"),
     ".engine": ("tensorrt", "a serialized TensorRT engine (.engine) with its .json contract sidecar"),
     ".plan": ("tensorrt", "a serialized TensorRT engine (.plan) with its .json contract sidecar"),
@@ -303,7 +304,7 @@ SUFFIX_RUNTIMES = {
 
 
 def load_runner(path: str | os.PathLike[str], threads: int = 1, **kwargs: Any) -> Runner:
-    """Runner for an artifact file, chosen by its suffix (``.onnx``, ``.xml``, ``.engine``/``.plan``).
+    """Runner for an artifact file, chosen by its suffix (``.onnx``/``.ort``, ``.xml``, ``.engine``/``.plan``).
 
     Args:
         path: the artifact file.
