@@ -64,7 +64,9 @@ def test_each_runtimes_bound_call_runs_the_model_on_the_bound_input(exported: tu
     ort, ov, pt = onnx_runner(onnx_path), openvino_runner(xml), torch_runner(model)
     expected = ort(x)
     np.testing.assert_allclose(ort.prepare(x)().copy_outputs_to_cpu()[0], expected, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(ov.prepare(x)()[0]), expected, atol=1e-3)
+    first, second = ov.prepare(x), ov.prepare(x[::-1].copy())  # each bound call keeps its own input
+    np.testing.assert_allclose(np.asarray(first()[0]), expected, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(second()[0]), expected[::-1], atol=1e-3)
     np.testing.assert_allclose(pt.prepare(x)().numpy(), expected, atol=1e-3)
     timed = time_runner(ov, (1, 3), warmup=1, repeats=4)
     assert sorted(timed) == [1, 3] and all(r.batch == b and r.repeats == 4 for b, r in timed.items())
@@ -112,3 +114,18 @@ def test_latency_table_rows_per_artifact_and_batch() -> None:
     assert lines[3].split()[-3:] == ["1.00", "+10.0", "%"]
     assert lines[4].split()[:2] == ["openvino_int8", "32"] and "failed" in lines[4] and "gone" in lines[4]
     assert latency_table({"order": ["teacher"], "artifacts": {"teacher": {}}}) == ""
+
+
+def test_a_runner_without_prepare_is_timed_through_its_call() -> None:
+    from factory.runtime.contract import ModelContract
+
+    class Plain:
+        contract, threads, calls = ModelContract(input_size=(8, 8), embedding_dim=4), 2, []
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            self.calls.append(x.shape)
+            return np.zeros((len(x), 4), np.float32)
+
+    runner = Plain()
+    timed = time_runner(runner, (1, 5), warmup=1, repeats=2)
+    assert runner.calls == [(1, 3, 8, 8)] * 3 + [(5, 3, 8, 8)] * 3 and timed[5].threads == 2

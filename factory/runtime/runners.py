@@ -220,9 +220,13 @@ class OpenVINORunner:
         import openvino as ov
 
         request = self.compiled.create_infer_request()
-        self._bound = np.ascontiguousarray(check_model_input(x, self.contract, self.kind))  # outlives the tensor
-        request.set_input_tensor(ov.Tensor(self._bound, shared_memory=True))
-        return request.infer
+        bound = np.ascontiguousarray(check_model_input(x, self.contract, self.kind))
+        request.set_input_tensor(ov.Tensor(bound, shared_memory=True))
+
+        def infer(_memory: np.ndarray = bound) -> object:  # the default keeps the shared input alive with the call
+            return request.infer()
+
+        return infer
 
 
 def torch_runner(model: Any, threads: int = 1) -> Runner:
