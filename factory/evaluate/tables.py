@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from factory.runtime.benchmark_app import AGREEMENT
+
 
 def artifact_order(metrics: dict[str, Any]) -> list[str]:
     """Artifact names in build order (reference, torch FP32, exported ones)."""
@@ -117,8 +119,8 @@ def comparison_table(metrics: dict[str, Any]) -> str:
 def latency_table(metrics: dict[str, Any]) -> str:
     """Every timed artifact at every batch size: median [interval], p90, p99 (ms) and faces/s.
 
-    For an OpenVINO IR ``benchmark_app``'s median follows, with the factory's relative difference from it. Empty
-    when nothing was timed.
+    For an OpenVINO IR ``benchmark_app``'s median follows, with the factory's relative difference from it (flagged
+    beyond :data:`~factory.runtime.benchmark_app.AGREEMENT`). Empty when nothing was timed.
     """
     rows = []
     for name in artifact_order(metrics):
@@ -127,11 +129,12 @@ def latency_table(metrics: dict[str, Any]) -> str:
         for batch, r in (entry.get("latency_by_batch") or {}).items():
             check = app.get(batch)
             if check is None:
-                cross = ["-", "-"]
+                cross = ["-", "-", "-"]
             elif "error" in check:
-                cross = ["failed", check["error"][:60]]
+                cross = ["failed", check["error"][:60], "-"]
             else:
-                cross = [f"{check['median_ms']:.2f}", f"{100 * check['difference']:+.1f} %"]
+                agrees = "yes" if abs(check["difference"]) <= AGREEMENT else "no"
+                cross = [f"{check['median_ms']:.2f}", f"{100 * check['difference']:+.1f} %", agrees]
             low, high = r["median_ci"]
             rows.append(
                 [
@@ -147,6 +150,7 @@ def latency_table(metrics: dict[str, Any]) -> str:
     if not rows:
         return ""
     head = ["artifact", "batch", "median ms", "p90", "p99", "faces/s", "benchmark_app ms", "difference"]
+    head.append(f"within {AGREEMENT:.0%}")
     return _fixed_width(head, rows)
 
 
