@@ -8,11 +8,12 @@ For each student (a ``factory build ... --until export`` run directory) the arti
 - ONNX Runtime's own ``quantize_static`` Q/DQ ONNX (per-channel; the comparison row the issue names);
 - OpenVINO FP32 (``INFERENCE_PRECISION_HINT=f32``) and the factory's OpenVINO INT8 IR.
 
-Each round times every artifact at batch 1 and batch 32 (the runtime's own call; inputs prepared outside the
-timer), so ratios compare numbers taken minutes apart at most; the result per artifact is the median over rounds of
-each round's median, and every ratio is given per round. On this VM speeds drift by 2x across a day: compare ratios.
-OpenVINO's ``benchmark_app`` (sync API, 1 stream, 1 thread, f32 hint) times both IRs as a cross-check of the
-harness. Quantization wall time is recorded. Writes benchmarks/results/<--name>.json.
+Each round times every artifact at batch 1 and batch 32 (the runner's whole call: input checks and the output copy
+are inside the timer, unlike benchmarks/latency_harness.py; inputs are made outside it), so ratios compare numbers
+taken minutes apart at most; the result per artifact is the median over rounds of each round's median, and every
+ratio is given per round. On this VM speeds drift by 2x across a day: compare ratios. OpenVINO's ``benchmark_app``
+(sync API, 1 stream, 1 thread, f32 hint) times both IRs as a cross-check. Quantization wall time is recorded.
+Writes benchmarks/results/<--name>.json.
 
 Usage: python benchmarks/quantization_speed.py --run tinyfar_c=runs/q_tinyfar_c --run mobilefacenet=... [--rounds 3]
 """

@@ -35,6 +35,12 @@ class ExportContext:
     made: dict[str, Artifact]  # earlier exporters' artifacts in this stage, by name (files relative to work_dir)
     source: str  # the torch student's artifact name
 
+    def onnx_export(self, kind: str) -> Artifact:
+        """The ONNX FP32 artifact that exporter ``kind`` converts; a recipe listing ``kind`` before it is refused."""
+        if "onnx_fp32" not in self.made:
+            raise ValueError(f"export.formats: {kind} converts the ONNX export: list {{kind: onnx}} before it")
+        return self.made["onnx_fp32"]
+
 
 def writable_opsets() -> tuple[int, int]:
     """The ONNX opsets that the installed torch's exporter (``dynamo=True``) writes: ``(lowest, highest)``.
@@ -87,9 +93,7 @@ class OpenVINOExport:
 
     def export(self, ctx: ExportContext) -> Artifact:
         """Write ``student_fp32.xml/.bin`` from the ONNX artifact."""
-        if "onnx_fp32" not in ctx.made:
-            raise ValueError("export.formats: openvino converts the ONNX export: list {kind: onnx} before it")
-        onnx = ctx.made["onnx_fp32"]
+        onnx = ctx.onnx_export("openvino")
         convert_to_openvino(ctx.work_dir / onnx.files[0], ctx.work_dir / "student_fp32.xml", ctx.model.contract)
         return Artifact(
             "openvino_fp32",
@@ -116,9 +120,7 @@ class OrtMobileExport:
 
     def export(self, ctx: ExportContext) -> Artifact:
         """Write ``student.ort`` and ``student.required_operators.config`` from the ONNX artifact."""
-        if "onnx_fp32" not in ctx.made:
-            raise ValueError("export.formats: ort_mobile converts the ONNX export: list {kind: onnx} before it")
-        onnx = ctx.made["onnx_fp32"]
+        onnx = ctx.onnx_export("ort_mobile")
         model, config = convert_to_ort(ctx.work_dir / onnx.files[0], ctx.work_dir, self.target_platform)
         return Artifact(
             "ort_mobile_fp32",
