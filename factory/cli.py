@@ -155,7 +155,8 @@ def build(
 ) -> None:
     """Run RECIPE end to end; print one line per stage, the gate table and, last, the release directory.
 
-    Stages: data, teacher, distill, export, compress, validate, release. A stage whose settings, inputs and code
+    Stages: data, teacher, distill, export, compress, validate, deploy (each of deploy.targets runs the shipped
+    files through its bundle's runner), release. A stage whose settings, inputs and code
     are unchanged is skipped ("cached"). An interrupted build resumes where it stopped. One build runs per run
     directory at a time. A failed gate writes no release: <run_dir>/release keeps naming the last bundle that
     passed, and <run_dir>/release.failed.json records what failed.
@@ -183,6 +184,11 @@ def build(
         sys.exit(EXIT_GATE)
     if "validate" in result.stages:
         _echo_validation(result.stages["validate"].metrics)
+    if result.stages.get("deploy") is not None and result.stages["deploy"].metrics["targets"]:
+        from factory.deploy.report import targets_table
+
+        click.echo("\non the targets (each bundle's runner there; benchmark_app beside each OpenVINO IR):")
+        click.echo(targets_table(result.stages["deploy"].metrics["targets"]))
     if result.release_dir is not None:
         gates = result.stages["release"].metrics["gates"]
         click.echo("\n" + format_gate_table([GateResult(**g) for g in gates]) + "\n")
@@ -573,6 +579,91 @@ def embed(
     vectors = embed_files(embed_uint8(runner), paths, runner.contract.input_size[0], batch_size, flip, show)
     write_embeddings(out, vectors, paths)
     click.echo(f"{len(paths)} embeddings ({vectors.shape[1]}-d{', flip-fused' if flip else ''}) -> {out}")
+
+
+@main.group()
+def deploy() -> None:
+    """Measure a release on its targets: bundles for a device, run there or ingested by hand.
+
+    Targets are YAML files: the factory's own in deploy/targets/ (see `factory deploy targets`) or any path.
+    """
+
+
+TARGET_HELP = "A target name (deploy/targets/NAME.yaml, or one of the recipe's deploy.targets) or a target YAML path."
+
+
+@deploy.command("targets")
+def deploy_targets() -> None:
+    """List the factory's targets: name, runtime, precisions, transport."""
+    from factory.recipe.loader import load_target
+    from factory.recipe.targets import TARGETS_DIR, known_targets
+
+    for name in known_targets():
+        t = load_target(TARGETS_DIR / f"{name}.yaml")
+        click.echo(f"{name:<28} {t.runtime:<12} {','.join(t.precisions):<16} {t.transport.kind:<7} {t.description}")
+
+
+@deploy.command("bundle", epilog=EXIT_CODES)
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "target_name", required=True, metavar="TARGET", help=TARGET_HELP)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Bundle folder (default: <run_dir>/bundles/TARGET)."
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@_friendly
+def deploy_bundle(recipe: Path, target_name: str, out: Path | None, overrides: tuple[str, ...]) -> None:
+    """Write the self-contained folder TARGET runs: model files, runner, benchmark faces, golden vectors.
+
+    Builds RECIPE up to validate first (cached stages are reused). On the device: `python run_target.py` in the
+    folder (numpy and the target's runtime are all it needs) writes report.json; bring it back with
+    `factory deploy validate RECIPE --target TARGET --report report.json`.
+    """
+    from factory.deploy.commands import bundle_target, target_of
+
+    parsed = load_recipe(recipe, list(overrides))
+    bundled = bundle_target(parsed, target_of(parsed, target_name), out, echo=click.echo)
+    names = ", ".join(a["artifact"]["name"] for a in bundled.bundle["artifacts"])
+    click.echo(f"{bundled.target.name}: {names}; {bundled.bundle['benchmark']['pairs']} benchmark pairs")
+    for spec in bundled.bundle["engines"]:
+        click.echo("engine built on the target, as trtexec: " + " ".join(spec["trtexec"]))
+    click.echo(str(bundled.dir.resolve()))
+
+
+@deploy.command("validate", epilog=EXIT_CODES)
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "target_name", required=True, metavar="TARGET", help=TARGET_HELP)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A report run_target.py wrote on the device (manual targets); default: run the bundle through the "
+    "target's transport.",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@_friendly
+def deploy_validate(recipe: Path, target_name: str, report: Path | None, overrides: tuple[str, ...]) -> None:
+    """Measure RECIPE's release on TARGET and print its gate rows (exit 1 when one fails).
+
+    The report must come from this release's bundle for TARGET (its hashes are checked): anything else is refused.
+    An accepted --report is kept for the next `factory build`, whose deploy stage reads it for a manual target.
+    """
+    from factory.deploy.commands import bundle_target, target_of, validate_target
+    from factory.deploy.report import ReportRefused, targets_table
+    from factory.deploy.transports import TransportError
+    from factory.release.gates import GateResult, failure_message, format_gate_table
+
+    parsed = load_recipe(recipe, list(overrides))
+    bundled = bundle_target(parsed, target_of(parsed, target_name), echo=click.echo)
+    try:
+        rows, measured = validate_target(parsed, bundled, report, echo=click.echo)
+    except (TransportError, ReportRefused) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_GATE)
+    click.echo("\n" + targets_table({bundled.target.name: {"artifacts": measured}}))
+    table = [GateResult(**r) for r in rows]
+    click.echo("\n" + format_gate_table(table))
+    if not all(r.passed for r in table):
+        click.echo(failure_message(table), err=True)
+        sys.exit(EXIT_GATE)
 
 
 @main.group()

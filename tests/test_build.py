@@ -22,7 +22,11 @@ from helpers import DEMO_RECIPE, ROOT, TINY_BUILD, procedural_bin
 from factory.cli import main
 
 RECIPE, TINY = DEMO_RECIPE, TINY_BUILD
-STAGES = ["data", "teacher", "distill", "export", "compress", "validate", "release"]
+STAGES = ["data", "teacher", "distill", "export", "compress", "validate", "deploy", "release"]
+TARGETS = {
+    "local-cpu-openvino": ["openvino_fp32", "openvino_int8"],
+    "local-cpu-onnxruntime": ["onnx_fp32", "onnx_int8"],
+}
 RELEASE_FILES = {
     "fairness.png",
     "golden_input.npy",
@@ -93,7 +97,32 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
         "INT8 worst group drop",
         "INT8 cosine to FP32 (mean)",
         "INT8 cosine to FP32 (1st pct)",
+        "golden cosine on target",
+        "group accuracy change vs build",
     }
+    # The main recipe's two local CPU targets ran the shipped files through their bundles' runner, each in an
+    # environment without torch, and every shipped artifact of their runtime is gated there.
+    on_target = {(g["artifact"], g["gate"]) for g in manifest["gates"] if g["key"] == "deploy.targets"}
+    assert on_target == {
+        (f"{name}@{target}", gate)
+        for target, names in TARGETS.items()
+        for name in names
+        for gate in ("golden cosine on target", "group accuracy change vs build")
+    }
+    for target, names in TARGETS.items():
+        measured = manifest["targets"][target]
+        assert measured["environment"]["torch_importable"] is False, measured["environment"]
+        assert sorted(measured["artifacts"]) == sorted(names)
+        for name in names:
+            assert measured["artifacts"][name]["latency_by_batch"]["1"]["median_ms"] > 0
+        if target == "local-cpu-openvino":  # benchmark_app ran beside the runner on the target too
+            assert all("median_ms" in m["benchmark_app"]["1"] for m in measured["artifacts"].values())
+    targets_section = (release / "report.md").read_text().split("## Targets")[1].split("## Gates")[0]
+    for target, names in TARGETS.items():
+        assert f"- {target}: " in targets_section and "torch not importable" in targets_section
+        for name in names:
+            assert any(row.split()[:2] == [target, name] for row in targets_section.splitlines())
+    assert any(line.startswith("on the targets") for line in lines)
     ledger = manifest["fairness_ledger"]
     assert [r["stage"] for r in ledger] == [
         "teacher",
@@ -392,7 +421,11 @@ def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, lis
     assert validation["comparisons"]["torch_fp32"]["against"] == "teacher_alpha"
     assert not any("latency" in validation["artifacts"][t] for t in MST_TEACHERS)  # references are not timed
     gates = result.stages["release"].metrics["gates"]
-    assert {g["artifact"] for g in gates} == set(students)  # teachers are never gated
+    # teachers are never gated, here or on the targets (which get the shipped artifacts only)
+    assert {g["artifact"] for g in gates if g["key"] != "deploy.targets"} == set(students)
+    assert {g["artifact"].split("@")[0] for g in gates if g["key"] == "deploy.targets"} == set(students) - {
+        "torch_fp32"
+    }
     manifest = json.loads((result.release_dir / "manifest.json").read_text())
     assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"}
     assert manifest["artifacts"]["onnx_int8"]["derived_from"] == "onnx_fp32"

@@ -15,11 +15,11 @@ from factory.evaluate.verification import (
     VAL_THRESHOLDS,
     correct_counts,
     fold_slices,
-    fuse_flip,
     pair_distances,
     verify_distances,
     verify_pairs,
 )
+from factory.runtime.embedding import fuse_flip
 
 
 def loop_protocol(dist: np.ndarray, issame: np.ndarray) -> tuple[float, float, list[float]]:

@@ -167,7 +167,7 @@ def test_cli_check_exit_codes(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [
         f"{bad}:2: distil: unknown key (did you mean 'distill'? expected one of: name, seed, threads, run_dir, data, "
-        "teacher, distill, export, compress, validate, gates, release)"
+        "teacher, distill, export, compress, validate, gates, deploy, release)"
     ]
     missing = runner.invoke(main, ["check", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "file not found" in missing.output

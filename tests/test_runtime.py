@@ -43,10 +43,13 @@ sys.meta_path.insert(0, Blocker())
 import factory.runtime.artifacts
 import factory.runtime.benchmark_app
 import factory.runtime.contract
+import factory.runtime.embedding
 import factory.runtime.latency
 import factory.runtime.manifest
 import factory.runtime.preprocess
 import factory.runtime.runners
+import factory.runtime.target_runner
+import factory.runtime.tensorrt
 import factory.runtime.verify
 
 checks = factory.runtime.verify.verify_release(sys.argv[1], threads=1)

@@ -30,12 +30,11 @@ from factory.evaluate.uncertainty import (
 from factory.evaluate.verification import (
     VerificationResult,
     correct_decisions,
-    fuse_flip,
-    l2_normalize,
     pair_distances,
     tar_at_far,
     verify_distances,
 )
+from factory.runtime.embedding import embed_images as runtime_embed_images
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
@@ -90,22 +89,12 @@ class BenchmarkResult:
 def embed_images(
     embed: Embed, images: np.ndarray, batch_size: int = 64, flip: bool = True, progress: str | None = None
 ) -> np.ndarray:
-    """Unit embeddings of uint8 ``N×3×H×W`` images; with ``flip``, fused with the mirrored images' (insightface).
+    """:func:`factory.runtime.embedding.embed_images` with a progress bar named ``progress`` (None: no bar)."""
 
-    The mirrored images ride in the same call as the originals (one batch of ``2×batch_size``): one runtime call per
-    batch instead of two.
-    """
-    out = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
-        batch = images[start : start + batch_size]
-        if flip:
-            both = np.asarray(embed(np.concatenate([batch, batch[..., ::-1]])), np.float64)
-            features = fuse_flip(both[: len(batch)], both[len(batch) :])
-        else:
-            features = np.asarray(embed(batch), dtype=np.float64)
-        out.append(l2_normalize(features))
-    return np.concatenate(out).astype(np.float32)
+    def wrap(starts: range) -> Any:
+        return tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False)
+
+    return runtime_embed_images(embed, images, batch_size, flip, wrap)
 
 
 def resample_benchmark(

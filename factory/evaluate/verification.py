@@ -18,24 +18,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from factory.runtime.embedding import l2_normalize
+
 THRESHOLDS = np.arange(0, 4, 0.01)
 # insightface's ``calculate_val`` searches a grid ten times finer than the accuracy grid: on the 0.01 grid TAR@FAR
 # differs from insightface's logs in the fourth digit.
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 N_FOLDS = 10
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (float64 for the protocol's arithmetic)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
-
-
-def fuse_flip(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarray:
-    """Insightface flip fusion: the image's and its mirror's embeddings added, then L2-normalised."""
-    if embeddings.shape != flipped.shape:
-        raise ValueError(f"embeddings {embeddings.shape} and flipped embeddings {flipped.shape} differ in shape")
-    return l2_normalize(np.asarray(embeddings, np.float64) + np.asarray(flipped, np.float64))
 
 
 def pair_distances(embeddings: np.ndarray) -> np.ndarray:

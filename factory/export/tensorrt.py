@@ -1,11 +1,8 @@
-"""Building TensorRT engines from the factory's ONNX files, on the target GPU (TensorRT ≥ 10).
+"""Building a TensorRT engine from one of the factory's ONNX files on a machine that has the build's packages.
 
-Engines are tied to the GPU, TensorRT version and OS that built them, so the factory ships ONNX and this module runs
-on the target. INT8 is explicit quantization only: the ONNX must already hold QuantizeLinear/DequantizeLinear pairs
-and the network is built strongly typed, so TensorRT honours the Q/DQ placement (implicit INT8 calibrators are
-deprecated since 10.1 and precision flags are removed in 11). The contract cannot live inside an engine (a header
-breaks loaders), so it is written to a sidecar ``<engine>.json``. Running engines is
-:mod:`factory.runtime.tensorrt`. ``tensorrt`` is imported inside the functions.
+Reads the contract from the ONNX's metadata and checks that an INT8 build gets a Q/DQ ONNX, then builds with
+:func:`factory.runtime.tensorrt.build_engine`, which the on-target runner calls directly (it has the contract from
+its bundle and no onnx package). ``tensorrt`` is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -13,15 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from factory.files import write_bytes, write_json
-from factory.runtime.contract import engine_sidecar
 from factory.runtime.tensorrt import _import_tensorrt
+from factory.runtime.tensorrt import build_engine as build_runtime_engine
 
 
 def build_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
     int8: bool = False,
+    fp16: bool = False,
     workspace_mb: int = 1024,
     max_batch: int = 32,
     opt_batch: int = 1,
@@ -33,6 +30,7 @@ def build_engine(
         engine_path: the engine file to write; its contract goes to ``engine_path.with_suffix(".json")``
             (read back by :func:`factory.runtime.contract.read_engine_sidecar`).
         int8: build from Q/DQ (explicit quantization, strongly typed network); the ONNX must contain Q/DQ nodes.
+        fp16: let TensorRT pick FP16 kernels (an FP32 ONNX).
         workspace_mb: builder workspace memory pool limit.
         max_batch: largest batch the optimisation profile accepts.
         opt_batch: the batch size TensorRT tunes kernels for.
@@ -41,7 +39,6 @@ def build_engine(
         ``engine_path`` as a :class:`Path`.
 
     """
-    trt = _import_tensorrt()
     import onnx
 
     from factory.export.onnx import read_onnx_contract
@@ -49,6 +46,7 @@ def build_engine(
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such ONNX file to build a TensorRT engine from")
+    _import_tensorrt()  # says how to install it before the ONNX is read
     contract = read_onnx_contract(onnx_path)
     if int8:
         ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
@@ -58,32 +56,5 @@ def build_engine(
                 "quantized (Q/DQ) ONNX; quantize the model with NNCF, strip it to native Q/DQ "
                 "(nncf.strip(..., StripFormat.NATIVE)) and export that, or build with int8=False"
             )
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    # Explicit batch is the only mode in TensorRT 10; strong typing makes the Q/DQ types decide INT8 precision.
-    flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if int8 else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        chw = tuple(tensor.shape)[1:]
-        profile.set_shape(tensor.name, (1, *chw), (opt_batch, *chw), (max_batch, *chw))
-    config.add_optimization_profile(profile)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
-    engine_path = write_bytes(engine_path, bytes(serialized))
-    write_json(
-        engine_sidecar(engine_path),
-        {"contract": contract.to_dict(), "int8": int8, "onnx": onnx_path.name, "tensorrt": trt.__version__},
-    )
-    return engine_path
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    return build_runtime_engine(onnx_path, engine_path, contract, precision, workspace_mb, max_batch, opt_batch)

@@ -34,6 +34,7 @@ from factory.pipeline.stage import (
     StageOutput,
     cached_output,
     registry_of,
+    run_dir_for,
 )
 from factory.recipe import Recipe
 from factory.registry import Registry
@@ -49,11 +50,6 @@ class BuildResult:
     run_dir: Path
     stages: dict[str, StageOutput] = field(default_factory=dict)
     release_dir: Path | None = None
-
-
-def run_dir_for(recipe: Recipe) -> Path:
-    """Where a recipe's outputs go (``run_dir`` or ``runs/<name>``)."""
-    return Path(recipe.run_dir) if recipe.run_dir else Path("runs") / recipe.name
 
 
 def build(

@@ -139,6 +139,11 @@ class GateFailure(RuntimeError):
         self.record: Path | None = None  # set by the build: the failure record beside it
 
 
+def run_dir_for(recipe: Recipe) -> Path:
+    """Where a recipe's outputs go (``run_dir`` or ``runs/<name>``)."""
+    return Path(recipe.run_dir) if recipe.run_dir else Path("runs") / recipe.name
+
+
 def registry_of(stages: Sequence[Stage]) -> tuple[Registry[Stage], list[str]]:
     """The stages by name (unknown names get a did-you-mean) and their order."""
     by_name: Registry[Stage] = Registry("stage")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from factory.compress.stage import STAGE as COMPRESS
 from factory.data.stage import STAGE as DATA
+from factory.deploy.stage import STAGE as DEPLOY
 from factory.distill.stage import STAGE as DISTILL
 from factory.evaluate.stage import STAGE as VALIDATE
 from factory.export.stage import STAGE as EXPORT
@@ -16,4 +17,4 @@ from factory.pipeline.stage import Stage
 from factory.release.stage import STAGE as RELEASE
 from factory.train.stage import STAGE as TEACHER
 
-STAGES: tuple[Stage, ...] = (DATA, TEACHER, DISTILL, EXPORT, COMPRESS, VALIDATE, RELEASE)
+STAGES: tuple[Stage, ...] = (DATA, TEACHER, DISTILL, EXPORT, COMPRESS, VALIDATE, DEPLOY, RELEASE)

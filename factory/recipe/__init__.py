@@ -9,6 +9,7 @@ from factory.recipe.loader import RecipeError, RecipeIssue, load_recipe
 from factory.recipe.schema import (
     CompressConfig,
     DataConfig,
+    DeployConfig,
     DistillConfig,
     ExportConfig,
     GatesConfig,
@@ -23,6 +24,7 @@ from factory.recipe.schema import (
 __all__ = [
     "CompressConfig",
     "DataConfig",
+    "DeployConfig",
     "DistillConfig",
     "ExportConfig",
     "GatesConfig",

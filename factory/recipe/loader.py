@@ -52,9 +52,10 @@ from factory.recipe.reading import (
     load_with_extends,
 )
 from factory.recipe.schema import Recipe
+from factory.recipe.targets import TargetConfig, known_targets, target_path
 from factory.registry import Registry, UnknownNameError
 
-__all__ = ["MAX_ISSUES", "UNION_FAMILIES", "RecipeError", "RecipeIssue", "load_recipe"]
+__all__ = ["MAX_ISSUES", "UNION_FAMILIES", "RecipeError", "RecipeIssue", "load_recipe", "load_target"]
 
 # Family -> (module, attribute) of its Registry. Imported lazily: the model zoo pulls in timm, which `factory --help`
 # should not pay for. Union families register config dataclasses (see the module docstring).
@@ -67,6 +68,7 @@ UNION_FAMILIES: dict[str, tuple[str, str]] = {
     "source": ("factory.data.sources", "SOURCES"),
     "exporter": ("factory.export.exporters", "EXPORTERS"),
     "compressor": ("factory.compress", "COMPRESSORS"),
+    "runtime": ("factory.runtime.runners", "RUNTIMES"),
 }
 
 
@@ -538,6 +540,65 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 v.fail(f"data.world.difficulty.{name}", f"unknown group ({hint}the taxonomy has: {', '.join(known)})")
     _check_teachers(recipe, v)  # after the taxonomy's own check: it counts the taxonomy's groups
+    _check_targets(recipe, v)
+
+
+def _check_targets(recipe: Recipe, v: _Validator) -> None:
+    """Each target file is read and checked now (its problems located in it); entries become absolute paths."""
+    if not v.clean("deploy.targets"):
+        return
+    names = []
+    for i, entry in enumerate(recipe.deploy.targets):
+        key = f"deploy.targets.{i}"
+        file, line = v.where(key)
+        base = Path.cwd() if file.startswith(SET) else Path(file).parent
+        problems = target_issues(entry, base, (file, line), key)
+        v.issues += problems
+        if problems:
+            v.failed.add(key)
+        recipe.deploy.targets[i] = str(target_path(entry, base))
+        names.append(Path(recipe.deploy.targets[i]).stem)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        v.fail("deploy.targets", f"{', '.join(twice)} listed twice (expected each target once)")
+
+
+def load_target(path: str | Path) -> TargetConfig:
+    """Read and check one target file.
+
+    Raises:
+        RecipeError: every problem, as ``FILE:LINE: key: message``.
+        FileNotFoundError: no such file (the message lists the factory's own targets).
+
+    """
+    path = Path(path)
+    if not path.is_file():
+        close = difflib.get_close_matches(path.stem, known_targets(), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise FileNotFoundError(
+            f"{path}: no such target file ({hint}the factory's targets: {', '.join(known_targets())}; "
+            "or give a path to a target YAML)"
+        )
+    data, locs = load_with_extends(path.resolve(), (path.resolve(),), Budget(), shown=str(path))
+    validator = _Validator(locs, str(path))  # the recipe's rules and located errors
+    target = validator.build(TargetConfig, data, "")
+    if validator.issues:
+        raise RecipeError(validator.issues)
+    if not target.name:
+        target.name = path.stem
+    return target
+
+
+def target_issues(entry: str, base: Path, where: tuple[str, int], key: str) -> list[RecipeIssue]:
+    """The problems of a recipe's target entry: its file's own, or one line at ``where`` when it cannot be read."""
+    path = target_path(entry, base)
+    try:
+        load_target(path)
+    except RecipeError as e:
+        return list(e.issues)
+    except (FileNotFoundError, OSError) as e:
+        return [RecipeIssue(where[0], where[1], key, str(e))]
+    return []
 
 
 def _default_name(recipe: Recipe, path: Path, v: _Validator) -> None:

@@ -478,6 +478,14 @@ class GatesConfig:
 
 
 @dataclass
+class DeployConfig:
+    """The targets the release is measured on before it is made (:mod:`factory.recipe.targets`)."""
+
+    # target names (files in deploy/targets/) or paths to target YAML files; each runs the release's bundle there
+    targets: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ReleaseConfig:
     """The release bundle."""
 
@@ -501,6 +509,7 @@ class Recipe:
     compress: CompressConfig = field(default_factory=CompressConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from factory.registry import Registry
 from factory.runtime.artifacts import Artifact
 
 PASS, FAIL, UNRESOLVED = "pass", "fail", "not resolvable"
+CHECK = "check"  # the mode of a yes/no row (a target's engine built, its report accepted): no number, no interval
 Interval = tuple[float, float]
 
 
@@ -305,6 +306,8 @@ def _percent(r: GateResult) -> bool:
 
 def _show_value(r: GateResult) -> str:
     """Value and interval: ``3.45% [2.31, 4.92]`` (points for a fraction), ``1.61 [1.58, 1.66]``, ``0.9965``."""
+    if r.mode == CHECK:
+        return "yes" if r.passed else "no"
     scale, unit = (100.0, "%") if _percent(r) else (1.0, "")
     digits = 4 if "cosine" in r.gate else 2
     text = f"{scale * r.value:.{digits}f}{unit}"
@@ -329,6 +332,7 @@ def format_gate_table(rows: list[GateResult]) -> str:
     for r in rows:
         digits = 4 if "cosine" in r.gate else 2
         limit = f"{r.comparison} {100 * r.limit:.2f}%" if _percent(r) else f"{r.comparison} {r.limit:.{digits}f}"
+        limit = "yes" if r.mode == CHECK else limit
         cells.append([r.artifact, r.gate, r.mode, _show_value(r), limit, _show_result(r)])
     widths = [max(len(c) for c in column) for column in zip(head, *cells, strict=True)]
     right = {3, 4}  # numbers line up on the right
@@ -353,6 +357,8 @@ def format_gate_table(rows: list[GateResult]) -> str:
 
 def _explain(r: GateResult) -> str:
     """Why a row failed, in one line."""
+    if r.mode == CHECK:
+        return f"gate failed: {r.artifact} {r.gate}: no"
     head = f"gate failed: {r.artifact} {r.gate} = {r.value:.4g} (limit {r.comparison} {r.limit:.4g})"
     ci = "" if r.interval is None else f"CI [{r.interval[0]:.4g}, {r.interval[1]:.4g}]"
     level = f"{r.level:.0%} " if r.level is not None else ""

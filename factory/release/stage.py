@@ -22,6 +22,7 @@ import numpy as np
 from factory.compress.layer_drift import format_layers
 from factory.data.benchmark import PairBenchmark
 from factory.data.stage import BENCHMARK_FILE
+from factory.deploy.report import targets_table
 from factory.evaluate.ledger import build_ledger, format_ledger
 from factory.evaluate.operational import report_lines
 from factory.evaluate.plots import accuracy_by_stage, fmr_heatmap
@@ -46,6 +47,9 @@ def make_release(ctx: StageContext) -> StageResult:
     validation = ctx.inputs["validate"].metrics
     built = ctx.artifacts()
     rows = evaluate_gates(ctx.config["gates"], validation, [b.artifact for b in built])
+    # Every target passed in the deploy stage (a failure stops the build there); its rows join the table.
+    targets = ctx.inputs["deploy"].metrics["targets"]
+    rows += [GateResult(**row) for result in targets.values() for row in result["rows"]]
     if not all(r.passed for r in rows):
         raise GateFailure(failure_message(rows), [r.to_dict() for r in rows], validation)
 
@@ -86,6 +90,8 @@ def make_release(ctx: StageContext) -> StageResult:
         "reference": {b.name: validation["artifacts"][b.name] for b in built if not b.artifact.shipped},
         "comparisons": validation.get("comparisons", {}),
         "gates": [r.to_dict() for r in rows],
+        # What each deploy target measured with its bundle's runner (deploy stage): environment, accuracy, latency.
+        "targets": {name: {k: v for k, v in t.items() if k != "rows"} for name, t in targets.items()},
         "fairness_ledger": ledger,
         "golden": golden,
         "lineage": lineage,
@@ -190,6 +196,36 @@ def _latency_section(validation: dict[str, Any]) -> list[str]:
     ]
 
 
+def _targets_section(targets: dict[str, Any]) -> list[str]:
+    table = targets_table(targets)
+    if not table:
+        return []
+    where = [
+        f"- {name}: {t['runtime']} via {t['transport']}; {_machine(t.get('environment', {}))}"
+        for name, t in targets.items()
+    ]
+    return [
+        "## Targets",
+        "",
+        "Each target ran its bundle (`targets/<name>` of the deploy stage: the shipped files, the runtime layer, ",
+        "benchmark faces, golden vectors) with nothing but numpy and its runtime; acc % is per-group accuracy at the",
+        "bundle's threshold on the bundle's faces there, build % the same on this machine.",
+        "",
+        *where,
+        "",
+        "```",
+        table,
+        "```",
+        "",
+    ]
+
+
+def _machine(env: dict[str, Any]) -> str:
+    runtime = next((f"{k} {v}" for k, v in env.items() if k in ("onnxruntime", "openvino", "tensorrt") and v), "")
+    torch = "torch not importable" if env.get("torch_importable") is False else "torch importable"
+    return ", ".join(x for x in (env.get("platform", "?"), f"python {env.get('python', '?')}", runtime, torch) if x)
+
+
 def _report(
     name: str,
     version: str,
@@ -234,6 +270,7 @@ def _report(
         "",
         *_comparison_section(validation),
         *_latency_section(validation),
+        *_targets_section(ctx.inputs["deploy"].metrics["targets"]),
         "## Gates",
         "",
         "```",
@@ -298,7 +335,7 @@ def _teacher_lineage(teacher: dict[str, Any]) -> str:
 
 STAGE = Stage(
     name="release",
-    needs=("data", "teacher", "distill", "export", "compress", "validate"),
+    needs=("data", "teacher", "distill", "export", "compress", "validate", "deploy"),
     config=lambda r: {"gates": r.gates, "release": r.release, "name": r.name},
     run=make_release,
     summary=lambda m: f"{gate_summary(m['gates'])}, version {m['version']}",

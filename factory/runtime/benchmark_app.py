@@ -71,12 +71,14 @@ def run_benchmark_app(
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 300)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"benchmark_app on {xml} did not finish within {seconds + 300:.0f} s") from None
-    median = re.search(r"Median:\s+([\d.]+) ms", done.stdout)
+    # benchmark_app prints sub-millisecond latencies in microseconds ("Median: 25.69 us")
+    median = re.search(r"Median:\s+([\d.]+) (ms|us)", done.stdout)
     throughput = re.search(r"Throughput:\s+([\d.]+) FPS", done.stdout)
     if done.returncode != 0 or not median or not throughput:
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
         raise RuntimeError(f"benchmark_app on {xml} failed (exit {done.returncode}): " + " / ".join(tail))
-    return BenchmarkAppResult(float(median[1]), float(throughput[1]), batch, threads, command)
+    median_ms = float(median[1]) / (1000.0 if median[2] == "us" else 1.0)
+    return BenchmarkAppResult(median_ms, float(throughput[1]), batch, threads, command)
 
 
 def difference(ours_ms: float, theirs_ms: float) -> float:

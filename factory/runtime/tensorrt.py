@@ -1,8 +1,12 @@
-"""Running serialized TensorRT engines on the target GPU (TensorRT ≥ 10); building them is in the export layer.
+"""Building and running TensorRT engines on the target GPU (TensorRT ≥ 10).
 
-An engine cannot carry the model contract (a header breaks loaders), so it is read from the ``<engine>.json``
-sidecar written by :func:`factory.export.tensorrt.build_engine`. ``tensorrt`` and ``torch`` (whose CUDA tensors
-hold the input/output buffers) are imported inside the functions, so importing this module needs neither.
+Engines are tied to the GPU, TensorRT version and OS that built them, so they are built where they run: by the
+on-target runner (:mod:`factory.runtime.target_runner`) from the shipped ONNX, with :func:`build_engine` (no torch,
+no onnx package), and :func:`trtexec_command` says the same build as a ``trtexec`` line. INT8 is explicit quantization
+only: the ONNX holds QuantizeLinear/DequantizeLinear pairs and the network is built strongly typed, so TensorRT
+honours their placement (implicit INT8 calibrators are deprecated since 10.1). An engine cannot carry the model
+contract (a header breaks loaders), so it is written to, and read from, a ``<engine>.json`` sidecar. ``tensorrt``
+and ``torch`` (whose CUDA tensors hold the runner's input/output buffers) are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from factory.runtime.contract import ModelContract, read_engine_sidecar
+from factory.files import write_bytes, write_json
+from factory.runtime.contract import ModelContract, engine_sidecar, read_engine_sidecar
 from factory.runtime.preprocess import check_model_input
 
 INSTALL_HINT = (
-    "TensorRT is not installed: pip install 'factory[tensorrt]' on the target (engines are built on the target GPU)"
+    "TensorRT is not installed: pip install tensorrt (or 'factory[tensorrt]') on the target; engines are built on the "
+    "target GPU"
 )
 
 
@@ -41,7 +47,7 @@ class TensorRTRunner:
         if self.engine is None:  # TensorRT logs its reason and returns None for a corrupt or foreign engine
             raise ValueError(
                 f"{self.path}: could not be deserialised: corrupt, or built for another GPU or TensorRT version "
-                "(expected a serialized engine built on this GPU by factory.export.tensorrt.build_engine)"
+                "(expected a serialized engine built on this GPU by build_engine)"
             )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -87,6 +93,108 @@ def tensorrt_runner(engine_path: str | os.PathLike[str], contract: ModelContract
 
     """
     return TensorRTRunner(engine_path, contract=contract)
+
+
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    contract: ModelContract,
+    precision: str = "fp32",
+    workspace_mb: int = 1024,
+    max_batch: int = 32,
+    opt_batch: int = 1,
+) -> Path:
+    """Build and save a serialized engine for an ONNX file with a dynamic batch axis, and its contract sidecar.
+
+    Args:
+        onnx_path: an FP32 ONNX (``fp32``, ``fp16``) or an explicitly quantized Q/DQ ONNX (``int8``).
+        engine_path: the engine file; its contract goes to ``<engine>.json``.
+        contract: the model's input contract (the ONNX's metadata; the runner has it from its bundle).
+        precision: ``fp32``; ``fp16`` lets TensorRT pick FP16 kernels; ``int8`` builds strongly typed, so the
+            Q/DQ nodes decide which layers run in INT8.
+        workspace_mb: builder workspace memory pool limit.
+        max_batch: largest batch the optimisation profile accepts.
+        opt_batch: the batch size TensorRT tunes kernels for.
+
+    Returns:
+        ``engine_path`` as a :class:`Path`.
+
+    Raises:
+        ImportError: TensorRT is not installed (with how to install it).
+        ValueError: an unknown precision.
+        RuntimeError: TensorRT could not parse the ONNX or build the engine.
+
+    """
+    if precision not in ENGINE_PRECISIONS:
+        raise ValueError(f"engine precision {precision!r} (expected one of {ENGINE_PRECISIONS})")
+    trt = _import_tensorrt()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: no such ONNX file to build a TensorRT engine from")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit batch is the only mode in TensorRT 10; strong typing makes the Q/DQ types decide INT8 precision.
+    strongly_typed = precision == "int8"
+    flags = (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        chw = tuple(tensor.shape)[1:]
+        profile.set_shape(tensor.name, (1, *chw), (opt_batch, *chw), (max_batch, *chw))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    engine_path = write_bytes(engine_path, bytes(serialized))
+    write_json(
+        engine_sidecar(engine_path),
+        {
+            "contract": contract.to_dict(),
+            "int8": precision == "int8",
+            "precision": precision,
+            "onnx": onnx_path.name,
+            "tensorrt": trt.__version__,
+        },
+    )
+    return engine_path
+
+
+def trtexec_command(
+    onnx_file: str,
+    engine_file: str,
+    input_name: str,
+    input_size: tuple[int, int],
+    precision: str = "fp32",
+    workspace_mb: int = 1024,
+    max_batch: int = 32,
+    opt_batch: int = 1,
+) -> list[str]:
+    """The ``trtexec`` command that builds the same engine as :func:`build_engine` (for a shell on the target)."""
+    height, width = input_size
+
+    def shape(batch: int) -> str:
+        return f"{input_name}:{batch}x3x{height}x{width}"
+
+    command = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file}"]
+    command += [f"--minShapes={shape(1)}", f"--optShapes={shape(opt_batch)}", f"--maxShapes={shape(max_batch)}"]
+    command += [f"--memPoolSize=workspace:{workspace_mb}M"]
+    if precision == "fp16":
+        command.append("--fp16")
+    if precision == "int8":
+        command.append("--stronglyTyped")
+    return command
 
 
 def tensorrt_available() -> bool:
