@@ -321,14 +321,15 @@ def test_teacher_and_distillation_train_on_files(tmp_path: Path) -> None:
 
 
 def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[Path, int, list[str]]) -> None:
-    import plugin_fp16  # noqa: F401  (registers the exporter: the only code the new kind brings)
+    import plugin_external_onnx  # noqa: F401  (registers the exporter: the only code the new kind brings)
 
     from factory.pipeline.build import build as run_build
     from factory.recipe import load_recipe
     from factory.runtime.verify import verify_release
 
-    # ort_mobile is a built-in kind, along for the ride: ONNX Runtime's mobile file through the whole build
-    formats = "export.formats=[{kind: onnx}, {kind: openvino}, {kind: openvino_fp16}, {kind: ort_mobile}]"
+    # openvino_fp16 and ort_mobile are built-in kinds, along for the ride through the whole build
+    kinds = ["onnx", "openvino", "openvino_fp16", "ort_mobile", "onnx_external"]
+    formats = "export.formats=[" + ", ".join("{kind: " + k + "}" for k in kinds) + "]"
     result = run_build(load_recipe(RECIPE, [f"run_dir={first_build[0]}", *TINY, formats]), echo=lambda line: None)
     assert result.stages["distill"].cached  # the models are reused; everything from export on sees the new kind
     validation = result.stages["validate"].metrics
@@ -339,11 +340,16 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
         "openvino_fp32",
         "openvino_fp16",
         "ort_mobile_fp32",
+        "onnx_external_fp32",
         "openvino_int8",
         "onnx_int8",
     ]
     gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
+    assert {("onnx_external_fp32", "mean accuracy"), ("onnx_external_fp32", "latency ms (b1)")} <= gates
     assert {("openvino_fp16", "mean accuracy"), ("openvino_fp16", "latency ms (b1)")} <= gates
+    # each goes to the targets of its runtime and precision: the IR to OpenVINO, the two-file ONNX to ONNX Runtime
+    assert ("openvino_fp16@local-cpu-openvino", "golden cosine on target") in gates
+    assert ("onnx_external_fp32@local-cpu-onnxruntime", "golden cosine on target") in gates
     manifest = json.loads((result.release_dir / "manifest.json").read_text())
     assert manifest["artifacts"]["openvino_fp16"]["precision"] == "fp16"
     assert (result.release_dir / "student_fp16.bin").is_file()
@@ -351,6 +357,8 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     checks = verify_release(result.release_dir)
     assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
     assert any(c.message.startswith("golden openvino_fp16: cosine") for c in checks)
+    assert any(c.message.startswith("golden onnx_external_fp32: cosine") for c in checks)
+    assert {"student_external.onnx", "student_external.onnx.data"} <= set(manifest["files"])
     assert any(c.message.startswith("golden ort_mobile_fp32: cosine") for c in checks)
     assert {"student.ort", "student.required_operators.config"} <= set(manifest["files"])
 

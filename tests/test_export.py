@@ -179,6 +179,29 @@ def test_openvino_contract_round_trip(model: TestNet, xml_path: Path) -> None:
     assert not list(xml_path.parent.glob(".*partial*")), "atomic save left a temporary directory behind"
 
 
+def test_openvino_fp16_ir_halves_the_weights_and_keeps_parity_and_contract(
+    model: TestNet, xml_path: Path, inputs: np.ndarray, tmp_path: Path
+) -> None:
+    import openvino as ov
+
+    from factory.export.exporters import FP16_GOLDEN_MIN_COSINE
+    from factory.export.openvino import compress_ir_to_fp16
+
+    fp16 = compress_ir_to_fp16(xml_path, tmp_path / "student_fp16.xml")
+    assert read_openvino_contract(fp16) == model.contract
+    size32, size16 = xml_path.with_suffix(".bin").stat().st_size, fp16.with_suffix(".bin").stat().st_size
+    assert 0.45 < size16 / size32 < 0.55, (size16, size32)
+    constants = {
+        op.get_output_element_type(0).get_type_name()
+        for op in ov.Core().read_model(str(fp16)).get_ordered_ops()
+        if op.get_type_name() == "Constant"
+    }
+    assert "f16" in constants
+    result = check_parity(torch_runner(model), openvino_runner(fp16, precision="f32"), inputs)
+    assert result.min_cosine > FP16_GOLDEN_MIN_COSINE, result
+    print(f"fp16 IR vs torch: min cosine {result.min_cosine:.7f}")
+
+
 def test_openvino_ir_without_contract_is_a_clear_error(onnx_path: Path, tmp_path: Path) -> None:
     import openvino as ov
 

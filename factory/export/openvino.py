@@ -77,8 +77,8 @@ def read_openvino_contract(xml_path: str | os.PathLike[str]) -> ModelContract:
     return get_contract(model, xml_path)
 
 
-def save_ir_atomically(model: ov.Model, xml_path: str | os.PathLike[str]) -> Path:
-    """Save an FP32 IR so that ``xml_path`` and its ``.bin`` appear whole or not at all.
+def save_ir_atomically(model: ov.Model, xml_path: str | os.PathLike[str], fp16: bool = False) -> Path:
+    """Save an IR (FP16 weights with ``fp16``) so that ``xml_path`` and its ``.bin`` appear whole or not at all.
 
     ``save_model`` names the ``.bin`` after the ``.xml``, so both are written under a temporary directory beside the
     target and renamed into place, ``.bin`` first: a reader that sees the new ``.xml`` also sees its weights.
@@ -92,7 +92,7 @@ def save_ir_atomically(model: ov.Model, xml_path: str | os.PathLike[str]) -> Pat
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{xml_path.stem}.", suffix=".partial", dir=xml_path.parent))
     try:
         tmp_xml = tmp_dir / xml_path.name
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=fp16)
         for part in (tmp_xml.with_suffix(".bin"), tmp_xml):
             with open(part, "rb+") as f:
                 os.fsync(f.fileno())
@@ -100,6 +100,14 @@ def save_ir_atomically(model: ov.Model, xml_path: str | os.PathLike[str]) -> Pat
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return xml_path
+
+
+def compress_ir_to_fp16(xml_path: str | os.PathLike[str], out_xml: str | os.PathLike[str]) -> Path:
+    """Save the IR at ``xml_path`` again with FP16 weights (its rt_info, the contract included, travels along)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(_existing_xml(xml_path)))
+    return save_ir_atomically(model, out_xml, fp16=True)
 
 
 def _existing_xml(xml_path: str | os.PathLike[str]) -> Path:
