@@ -33,7 +33,7 @@ RELEASE = {"name": "tiny", "version": "0.0.1"}
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> list[Shipped]:
-    """An ONNX FP32 model, the same as an OpenVINO IR, and a Q/DQ-less 'int8' stand-in (a copy, for selection)."""
+    """An ONNX FP32 model, the same as an OpenVINO IR, and a reference (teacher) that no target may ever get."""
     import openvino as ov
 
     root = tmp_path_factory.mktemp("build")
