@@ -5,13 +5,15 @@ on-target runner (:mod:`factory.runtime.target_runner`) from the shipped ONNX, w
 no onnx package), and :func:`trtexec_command` says the same build as a ``trtexec`` line. INT8 is explicit quantization
 only: the ONNX holds QuantizeLinear/DequantizeLinear pairs and the network is built strongly typed, so TensorRT
 honours their placement (implicit INT8 calibrators are deprecated since 10.1). An engine cannot carry the model
-contract (a header breaks loaders), so it is written to, and read from, a ``<engine>.json`` sidecar. ``tensorrt``
-and ``torch`` (whose CUDA tensors hold the runner's input/output buffers) are imported inside the functions.
+contract (a header breaks loaders), so it is written to, and read from, a ``<engine>.json`` sidecar. ``tensorrt`` is
+imported inside the functions; device buffers and the stream come from ``libcudart`` (:mod:`factory.runtime.cuda`),
+so a TensorRT target needs TensorRT and numpy, not torch.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 
 from factory.files import write_bytes, write_json
 from factory.runtime.contract import ModelContract, engine_sidecar, read_engine_sidecar
+from factory.runtime.cuda import CudaRuntime, DeviceBuffer
 from factory.runtime.preprocess import check_model_input
 
 INSTALL_HINT = (
@@ -29,20 +32,23 @@ INSTALL_HINT = (
 
 
 class TensorRTRunner:
-    """Runs a serialized engine on the current CUDA device; input/output buffers are torch CUDA tensors."""
+    """Runs a serialized engine on the current CUDA device; its buffers come from :mod:`factory.runtime.cuda`."""
 
     kind = "tensorrt"
     threads = 1  # a GPU engine has no CPU thread setting; the launching thread is the one
 
-    def __init__(self, engine_path: str | os.PathLike[str], contract: ModelContract | None = None) -> None:
+    def __init__(
+        self,
+        engine_path: str | os.PathLike[str],
+        contract: ModelContract | None = None,
+        cuda: CudaRuntime | None = None,
+    ) -> None:
         trt = _import_tensorrt()
-        import torch
-
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file; expected a serialized TensorRT engine here")
         self.contract = contract if contract is not None else read_engine_sidecar(self.path)
-        self._torch = torch
+        self.cuda = cuda if cuda is not None else CudaRuntime()
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:  # TensorRT logs its reason and returns None for a corrupt or foreign engine
             raise ValueError(
@@ -53,32 +59,60 @@ class TensorRTRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self._output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self._output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self._output)))
+        self.stream = self.cuda.stream()
+        weakref.finalize(self, self.cuda.destroy_stream, self.stream, False)
+        self._bound: Callable[[], object] = lambda: None  # (weakly) the binding whose shape and addresses it holds
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Embed one batch of normalised input."""
-        execute, output = self._bind(x)
-        execute()
-        return output.cpu().numpy()
+        binding = self._bind(x)
+        binding.execute()
+        return binding.fetch()
 
     def prepare(self, x: np.ndarray) -> Callable[[], object]:
         """The engine's execution on ``x`` already on the GPU, synchronised: host copies stay outside."""
-        return self._bind(x)[0]
+        return self._bind(x).execute
 
-    def _bind(self, x: np.ndarray) -> tuple[Callable[[], None], Any]:
-        torch = self._torch
-        inputs = torch.from_numpy(check_model_input(x, self.contract, self.kind)).cuda()
+    def _bind(self, x: np.ndarray) -> _Binding:
+        inputs = np.ascontiguousarray(check_model_input(x, self.contract, self.kind))
         self.context.set_input_shape(self._input, tuple(inputs.shape))
-        output = torch.empty(tuple(self.context.get_tensor_shape(self._output)), dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(self._input, inputs.data_ptr())
-        self.context.set_tensor_address(self._output, output.data_ptr())
-        stream = torch.cuda.current_stream()
+        output = np.empty(tuple(self.context.get_tensor_shape(self._output)), dtype=self._output_dtype)
+        binding = _Binding(self, inputs, output)
+        self.cuda.to_device(binding.input.address, inputs, self.stream)
+        self.cuda.synchronize(self.stream)  # the input is on the device before anyone starts a timer
+        return binding
 
-        def execute(_inputs: Any = inputs) -> None:  # the default keeps the input buffer alive with the call
-            if not self.context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError(f"TensorRT execution of {self.path} failed")
-            stream.synchronize()
 
-        return execute, output
+class _Binding:
+    """One input's device buffers: independent of other bindings, so prepared calls stay valid side by side."""
+
+    def __init__(self, runner: TensorRTRunner, inputs: np.ndarray, output: np.ndarray) -> None:
+        self.runner, self.shape, self.output = runner, tuple(inputs.shape), output
+        self.input, self.result = DeviceBuffer(runner.cuda), DeviceBuffer(runner.cuda)
+        self.input.fit(inputs.nbytes)
+        self.result.fit(output.nbytes)
+        self._use()
+
+    def _use(self) -> None:
+        runner = self.runner
+        runner.context.set_input_shape(runner._input, self.shape)
+        runner.context.set_tensor_address(runner._input, self.input.address)
+        runner.context.set_tensor_address(runner._output, self.result.address)
+        runner._bound = weakref.ref(self)  # weak: a binding's buffers go back as soon as its caller drops it
+
+    def execute(self) -> None:
+        runner = self.runner
+        if runner._bound() is not self:  # another binding ran since: give the context back this one's shape and memory
+            self._use()
+        if not runner.context.execute_async_v3(runner.stream):
+            raise RuntimeError(f"TensorRT execution of {runner.path} failed")
+        runner.cuda.synchronize(runner.stream)
+
+    def fetch(self) -> np.ndarray:
+        """The output of the last :meth:`execute`, on the host, as float32."""
+        output = self.runner.cuda.to_host(self.output, self.result.address, self.runner.stream)
+        return output.astype(np.float32, copy=False)
 
 
 def tensorrt_runner(engine_path: str | os.PathLike[str], contract: ModelContract | None = None) -> TensorRTRunner:
