@@ -320,17 +320,31 @@ def test_teacher_and_distillation_train_on_files(tmp_path: Path) -> None:
     assert result.stages["distill"].metrics["steps"] == 12
 
 
-def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[Path, int, list[str]]) -> None:
+NEW_KINDS = ["onnx", "openvino", "openvino_fp16", "ort_mobile", "onnx_external"]
+QAT_SHRUNK = ["compress.methods.2.train.steps=3", "compress.methods.2.train.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def qat_with_new_kinds(first_build: tuple[Path, int, list[str]]) -> Any:
+    """The QAT recipe, with a plugin's artifact kind and two more built-in ones among its exports: one build for both.
+
+    Everything from export on re-runs here either way; sharing the build saves a full export-to-release pass.
+    """
     import plugin_external_onnx  # noqa: F401  (registers the exporter: the only code the new kind brings)
 
     from factory.pipeline.build import build as run_build
     from factory.recipe import load_recipe
-    from factory.runtime.verify import verify_release
 
     # openvino_fp16 and ort_mobile are built-in kinds, along for the ride through the whole build
-    kinds = ["onnx", "openvino", "openvino_fp16", "ort_mobile", "onnx_external"]
-    formats = "export.formats=[" + ", ".join("{kind: " + k + "}" for k in kinds) + "]"
-    result = run_build(load_recipe(RECIPE, [f"run_dir={first_build[0]}", *TINY, formats]), echo=lambda line: None)
+    formats = "export.formats=[" + ", ".join("{kind: " + k + "}" for k in NEW_KINDS) + "]"
+    overrides = [f"run_dir={first_build[0]}", *TINY, *QAT_SHRUNK, formats]
+    return run_build(load_recipe(ROOT / "recipes" / "tinyfar_qat.yaml", overrides), echo=lambda line: None)
+
+
+def test_a_new_artifact_kind_is_validated_gated_and_released(qat_with_new_kinds: Any) -> None:
+    from factory.runtime.verify import verify_release
+
+    result = qat_with_new_kinds
     assert result.stages["distill"].cached  # the models are reused; everything from export on sees the new kind
     validation = result.stages["validate"].metrics
     assert validation["order"] == [
@@ -343,6 +357,8 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
         "onnx_external_fp32",
         "openvino_int8",
         "onnx_int8",
+        "openvino_qat_int8",
+        "onnx_qat_int8",
     ]
     gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
     assert {("onnx_external_fp32", "mean accuracy"), ("onnx_external_fp32", "latency ms (b1)")} <= gates
@@ -361,6 +377,21 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(first_build: tuple[
     assert {"student_external.onnx", "student_external.onnx.data"} <= set(manifest["files"])
     assert any(c.message.startswith("golden ort_mobile_fp32: cosine") for c in checks)
     assert {"student.ort", "student.required_operators.config"} <= set(manifest["files"])
+
+
+def test_qat_recipe_releases_quantization_aware_artifacts(qat_with_new_kinds: Any) -> None:
+    result = qat_with_new_kinds
+    assert result.stages["distill"].cached  # QAT starts from the distilled student; only compress on re-runs
+    methods = result.stages["compress"].metrics["methods"]
+    assert methods["openvino_qat_int8"]["qat"]["steps"] == 3 == methods["onnx_qat_int8"]["qat"]["steps"]
+    validation = result.stages["validate"].metrics
+    assert {"openvino_qat_int8", "onnx_qat_int8"} <= set(validation["order"])
+    assert validation["comparisons"]["onnx_qat_int8"]["against"] == "torch_fp32"  # paired with its FP32 parent
+    gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
+    assert {("openvino_qat_int8", "INT8 drop vs FP32"), ("onnx_qat_int8", "INT8 cosine to FP32 (mean)")} <= gates
+    manifest = json.loads((result.release_dir / "manifest.json").read_text())
+    assert manifest["artifacts"]["onnx_qat_int8"]["derived_from"] == "torch_fp32"
+    assert (result.release_dir / "student_qat_int8.onnx").is_file()
 
 
 SHRUNK = {
@@ -444,23 +475,3 @@ def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, lis
         "distilled from 4 `iresnet_nano` teachers (teacher_alpha, teacher_beta, teacher_gamma, teacher_delta" in report
     )
     assert "- teachers (per_group): iresnet_nano, 4 steps each: teacher_alpha on 4 identities of alpha;" in report
-
-
-def test_qat_recipe_releases_quantization_aware_artifacts(first_build: tuple[Path, int, list[str]]) -> None:
-    from factory.pipeline.build import build as run_build
-    from factory.recipe import load_recipe
-
-    shrunk = ["compress.methods.2.train.steps=3", "compress.methods.2.train.batch_size=8"]
-    recipe = load_recipe(ROOT / "recipes" / "tinyfar_qat.yaml", [f"run_dir={first_build[0]}", *TINY, *shrunk])
-    result = run_build(recipe, echo=lambda line: None)
-    assert result.stages["distill"].cached  # QAT starts from the distilled student; only compress on re-runs
-    methods = result.stages["compress"].metrics["methods"]
-    assert methods["openvino_qat_int8"]["qat"]["steps"] == 3 == methods["onnx_qat_int8"]["qat"]["steps"]
-    validation = result.stages["validate"].metrics
-    assert {"openvino_qat_int8", "onnx_qat_int8"} <= set(validation["order"])
-    assert validation["comparisons"]["onnx_qat_int8"]["against"] == "torch_fp32"  # paired with its FP32 parent
-    gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
-    assert {("openvino_qat_int8", "INT8 drop vs FP32"), ("onnx_qat_int8", "INT8 cosine to FP32 (mean)")} <= gates
-    manifest = json.loads((result.release_dir / "manifest.json").read_text())
-    assert manifest["artifacts"]["onnx_qat_int8"]["derived_from"] == "torch_fp32"
-    assert (result.release_dir / "student_qat_int8.onnx").is_file()

@@ -377,3 +377,34 @@ def test_worst_group_drop_gate_is_shown_within_only_when_every_group_is(drops, s
     value, interval, outcome = expected
     assert row.gate == "INT8 worst group drop" and row.value == pytest.approx(value)
     assert row.interval == pytest.approx(interval) and row.outcome == outcome
+
+
+def test_the_fairness_plot_fits_eleven_artifacts_without_a_warning_and_repeats_no_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from matplotlib.image import imread
+
+    from factory.release.stage import _plot_fairness
+
+    names = [f"artifact_{i}" for i in range(11)]
+    groups = ["alpha", "beta", "gamma", "delta"]
+    evaluation = {g: {"accuracy_mean": 0.5 + 0.02 * i} for i, g in enumerate(groups)}
+    validation = {
+        "groups": groups,
+        "order": names,
+        "artifacts": {n: {"evaluation": {"groups": evaluation}} for n in names},
+    }
+    figures: list = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its bars
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tight_layout's "not applied" warning when the legend was one wide row
+        _plot_fairness(validation, tmp_path / "fairness.png")
+    height, width = imread(tmp_path / "fairness.png").shape[:2]
+    assert width < 1000 and height < 500  # the 8x4 inch figure at 100 dpi, the legend in rows beneath
+    bars = figures[0].axes[0].containers
+    assert len(bars) == 11 and len({tuple(b.patches[0].get_facecolor()) for b in bars}) == 11
+    monkeypatch.undo()
+    plt.close(figures[0])

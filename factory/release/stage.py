@@ -142,16 +142,19 @@ def _plot_fairness(validation: dict[str, Any], path: Path) -> None:
     names = artifact_order(validation)
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors  # tab10 alone repeats from the 11th
     lows = []
     for i, name in enumerate(names):
         accs = [100 * validation["artifacts"][name]["evaluation"]["groups"][g]["accuracy_mean"] for g in groups]
         lows.append(min(accs))
-        ax.bar(np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width, accs, width, label=name)
+        offset = (i - (len(names) - 1) / 2) * width
+        ax.bar(np.arange(len(groups)) + offset, accs, width, label=name, color=colours[i % len(colours)])
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("verification accuracy (%)")
     ax.set_ylim(max(0.0, min(lows) - 5), 100)
     ax.set_title("Per-group accuracy by artifact")
-    ax.legend(fontsize=8, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    # four to a row: one row of eleven artifacts is wider than the figure and tight_layout gives up (with a warning)
+    ax.legend(fontsize=8, ncol=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
