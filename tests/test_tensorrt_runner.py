@@ -181,12 +181,12 @@ def test_device_memory_and_streams_are_given_back(
     assert library.live_streams() == streams + 1
     runner(np.zeros((3, 3, 4, 4), np.float32))
     assert library.live_allocations() == before  # the call's buffers went back when it returned
-    buffer = DeviceBuffer(runner.cuda)
-    first = buffer.fit(64)
-    assert buffer.fit(32) == first and library.live_allocations() == before + 1  # smaller fits in place
-    buffer.fit(128)
-    assert library.live_allocations() == before + 1  # grown: the old allocation went back
+    buffer = DeviceBuffer(runner.cuda, 64)
+    assert buffer.address and library.live_allocations() == before + 1
     buffer.release()
+    buffer.release()  # a second release frees nothing twice
+    assert library.live_allocations() == before and buffer.address == 0
+    DeviceBuffer(runner.cuda, 32)  # dropped at once: freed by its finalizer
     assert library.live_allocations() == before
     del runner
     gc.collect()

@@ -125,22 +125,14 @@ class CudaRuntime:
 
 
 class DeviceBuffer:
-    """A device allocation that grows to fit and is freed when its owner is collected."""
+    """One device allocation of ``nbytes``, freed by :meth:`release` or when its owner is collected."""
 
-    def __init__(self, cuda: CudaRuntime) -> None:
-        self.cuda, self.address, self.nbytes = cuda, 0, 0
-        self._free: weakref.finalize | None = None
-
-    def fit(self, nbytes: int) -> int:
-        """The buffer's address, reallocated if it holds fewer than ``nbytes``."""
-        if nbytes > self.nbytes or not self.address:
-            self.release()
-            self.address, self.nbytes = self.cuda.malloc(nbytes), nbytes
-            self._free = weakref.finalize(self, self.cuda.free, self.address, False)
-        return self.address
+    def __init__(self, cuda: CudaRuntime, nbytes: int) -> None:
+        self.nbytes = int(nbytes)
+        self.address = cuda.malloc(self.nbytes)
+        self._free = weakref.finalize(self, cuda.free, self.address, False)
 
     def release(self) -> None:
-        """Free the allocation now (it is freed at collection otherwise)."""
-        if self._free is not None:
-            self._free()  # a finalizer runs once, whether called here or at collection
-        self.address, self.nbytes, self._free = 0, 0, None
+        """Free the allocation now (a finalizer runs once, whether called here or at collection)."""
+        self._free()
+        self.address = 0

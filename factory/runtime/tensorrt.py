@@ -89,9 +89,7 @@ class _Binding:
 
     def __init__(self, runner: TensorRTRunner, inputs: np.ndarray, output: np.ndarray) -> None:
         self.runner, self.shape, self.output = runner, tuple(inputs.shape), output
-        self.input, self.result = DeviceBuffer(runner.cuda), DeviceBuffer(runner.cuda)
-        self.input.fit(inputs.nbytes)
-        self.result.fit(output.nbytes)
+        self.input, self.result = DeviceBuffer(runner.cuda, inputs.nbytes), DeviceBuffer(runner.cuda, output.nbytes)
         self._use()
 
     def _use(self) -> None:
