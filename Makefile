@@ -1,19 +1,29 @@
 # The two commands of the README. Both create or refresh .venv from the pinned dependencies first.
 #   make demo   build recipes/tinyfar_synthdistill.yaml on the built-in procedural faces
 #   make test   the test suite (fast set; `make test-all` adds the slow tests)
+# The Docker images (Dockerfile, deploy/docker/gpu.Dockerfile) run these targets too, set through three variables:
+#   EXTRAS     extras of pyproject.toml installed with the package (the GPU image: tensorrt)
+#   VENV_ARGS  options of `python -m venv` (the GPU image: --system-site-packages, to use its base image's TensorRT)
+#   DEMO_ARGS  options added to the demo's `factory build` (the GPU image: --set ...train.device=cuda)
 PYTHON ?= python3
 VENV ?= .venv
+EXTRAS ?=
+VENV_ARGS ?=
+DEMO_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 # A stamp per content of the dependency files: editing the pins refreshes the venv, nothing else does.
 DEPS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
-BASE := $(VENV)/.installed-base-$(DEPS_HASH)
+BASE := $(VENV)/.installed-base-$(DEPS_HASH)$(if $(EXTRAS),-$(EXTRAS))
 DEV := $(VENV)/.installed-dev-$(DEPS_HASH)
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo install test test-all lint bench clean
 
 demo: $(BASE)
-	$(VENV)/bin/factory build recipes/tinyfar_synthdistill.yaml
+	$(VENV)/bin/factory build recipes/tinyfar_synthdistill.yaml $(DEMO_ARGS)
+
+# The venv and the package with its pinned dependencies, nothing run: the Docker images' install step.
+install: $(BASE)
 
 # One pytest process per test module: a single process that had loaded torch, NNCF, OpenVINO and ONNX Runtime
 # objects through ~170 tests was killed by SIGSEGV while waiting for a child process (three runs out of three, never
@@ -33,13 +43,14 @@ test-all: $(DEV)
 lint: $(DEV)
 	$(VENV)/bin/ruff check factory tests benchmarks deploy
 	$(VENV)/bin/ruff format --check factory tests benchmarks deploy
+	$(VENV)/bin/hadolint --failure-threshold style Dockerfile deploy/docker/gpu.Dockerfile
 
 bench: $(BASE)
 	$(PY) benchmarks/run.py
 
 $(BASE): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(PIP) -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	rm -f $(VENV)/.installed-base-*
 	touch $@
 
@@ -55,3 +66,8 @@ $(DEV): $(BASE)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# The recipe reference (recipes/REFERENCE.md), generated from the schema; `make test` fails while it is stale.
+.PHONY: docs
+docs: $(BASE)
+	$(PY) -m factory.recipe.reference

@@ -153,7 +153,7 @@ def build(
     wait: bool,
     nproc: int,
 ) -> None:
-    """Run RECIPE end to end; print one line per stage, the gate table and, last, the release directory.
+    """Run RECIPE end to end; print one line per stage, the gate table, the manifest's sha256 and, last, the release.
 
     Stages: data, teacher, distill, export, compress, validate, deploy (each of deploy.targets runs the shipped
     files through its bundle's runner), release. A stage whose settings, inputs and code
@@ -190,8 +190,11 @@ def build(
         click.echo("\non the targets (each bundle's runner there; benchmark_app beside each OpenVINO IR):")
         click.echo(targets_table(result.stages["deploy"].metrics["targets"]))
     if result.release_dir is not None:
-        gates = result.stages["release"].metrics["gates"]
-        click.echo("\n" + format_gate_table([GateResult(**g) for g in gates]) + "\n")
+        published = result.stages["release"].metrics
+        click.echo("\n" + format_gate_table([GateResult(**g) for g in published["gates"]]) + "\n")
+        bundle = result.release_dir.resolve()
+        click.echo(f"manifest sha256 {published['manifest_sha256']}{' (signed)' if published['signed'] else ''}")
+        click.echo(f"tarball {bundle.parent / published['tarball']} (sha256 {published['tarball_sha256']})")
         click.echo(str(result.release_dir.resolve()))
 
 
@@ -674,14 +677,49 @@ def release() -> None:
 @release.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--threads", default=1, show_default=True, type=THREADS, help="CPU threads of each runtime.")
-def release_verify(directory: Path, threads: int) -> None:
-    """Check a release's checksums and golden embeddings (exit 0 all ok, 1 any failure, 2 no readable manifest).
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="ed25519 public key (PEM): the manifest must carry a valid signature by its private half.",
+)
+@click.option("--manifest-sha256", metavar="HEX", help="The manifest's sha256 as the build printed it.")
+def release_verify(directory: Path, threads: int, public_key: Path | None, manifest_sha256: str | None) -> None:
+    """Check a release bundle (exit 0 all ok, 1 any failure, 2 no readable manifest).
 
-    The same check as deploy/verify_release.py on a target: one `ok`/`FAIL` line per check.
+    Checks the manifest's own sha256 (against --manifest-sha256) and signature (with --public-key), that every
+    gate it records passed, every listed file's sha256, that no file is present but unlisted, and re-runs the
+    golden input through each shipped artifact with its runtime. The same check as deploy/verify_release.py on a
+    target: one `ok`/`FAIL` line per check, naming what differs.
     """
     from factory.runtime.verify import verify_and_print
 
-    sys.exit(verify_and_print(directory, threads))
+    sys.exit(verify_and_print(directory, threads, public_key, manifest_sha256))
+
+
+@main.command("compare")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write it as JSON.")
+@click.option(
+    "--benchmark",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The shared benchmark.npz, for paired tests when neither side's run directory holds it.",
+)
+@_friendly
+def compare(a: Path, b: Path, json_path: Path | None, benchmark: Path | None) -> None:
+    """Put two runs or releases side by side: per group, per artifact, per target (changes are B - A).
+
+    A and B are run directories (runs/NAME: its release, else its newest validate stage) or release directories.
+    On a shared benchmark each artifact is also compared pair by pair (paired intervals, McNemar p per group).
+    Exit 0, or 2 with one line naming the path when A or B is neither or holds files a build does not write.
+    """
+    from factory.evaluate.compare import compare_paths, format_comparison
+    from factory.files import write_json
+
+    result = compare_paths(a, b, benchmark)
+    click.echo(format_comparison(result))
+    if json_path is not None:
+        click.echo(str(write_json(json_path, result)))
 
 
 if __name__ == "__main__":

@@ -393,6 +393,97 @@ CASES = [
         ["--set gates.max_std.mode=strict: gates.max_std.mode: got 'strict' (expected 'point' or 'confidence')"],
         max_lines=1,
     ),
+    # Goals: {metric, artifacts, target, at_fmr, one of threshold / max_degradation / percent_max_degradation}
+    Case(
+        "goal-with-two-goals",
+        recipe("gates:\n  goals:\n    - {metric: std, threshold: 0.05, max_degradation: 0.01}\n"),
+        EXIT_INPUT,
+        [
+            "r.yaml:3: gates.goals.0: sets threshold and max_degradation (expected exactly one of threshold, "
+            "max_degradation, percent_max_degradation)"
+        ],
+        max_lines=1,
+    ),
+    Case(
+        "goal-without-a-goal",
+        recipe("gates:\n  goals:\n    - {metric: std}\n"),
+        EXIT_INPUT,
+        ["r.yaml:3: gates.goals.0: sets no goal (expected exactly one of threshold"],
+        max_lines=1,
+    ),
+    Case(
+        "goal-metric-typo",
+        recipe("gates:\n  goals:\n    - {metric: fmr, threshold: 0.001}\n"),
+        EXIT_INPUT,
+        ["r.yaml:3: gates.goals.0.metric: got 'fmr' (expected 'accuracy' or 'group_accuracy' or"],
+        max_lines=1,
+    ),
+    Case(
+        "goal-operating-point-not-measured",
+        recipe("gates:\n  goals:\n    - {metric: fmr_max, at_fmr: 1e-5, threshold: 0.001}\n"),
+        EXIT_INPUT,
+        ["r.yaml:3: gates.goals.0.at_fmr: got 1e-05 (expected 1e-3 or 1e-4"],
+        max_lines=1,
+    ),
+    Case(
+        "goal-ratio-below-one",
+        recipe("gates:\n  goals:\n    - {metric: ser, threshold: 0.5}\n"),
+        EXIT_INPUT,
+        ["r.yaml:3: gates.goals.0.threshold: got 0.5 (expected a number >= 1: ser is a ratio, 1 = equal)"],
+        max_lines=1,
+    ),
+    Case(
+        "goal-on-a-target-not-deployed-to",
+        recipe("gates:\n  goals:\n    - {metric: latency_ms, target: jetson-orin-tensorrt, threshold: 5}\n"),
+        EXIT_INPUT,
+        ["r.yaml:3: gates.goals.0.target: got 'jetson-orin-tensorrt' (expected one of deploy.targets: none)"],
+        max_lines=1,
+    ),
+    Case(
+        "goal-metric-no-target-measures",
+        recipe(
+            "deploy:\n  targets: [local-cpu-openvino]\n"
+            "gates:\n  goals:\n    - {metric: cosine, target: local-cpu-openvino, threshold: 0.99}\n"
+        ),
+        EXIT_INPUT,
+        ["r.yaml:5: gates.goals.0.target: metric 'cosine' is not measured on targets"],
+        max_lines=1,
+    ),
+    # Licences of the inputs the user supplies, and intended commercial use
+    Case(
+        "licence-of-no-input",
+        recipe("release:\n  licences:\n    teacher.checkpoint: {licence: MIT, commercial: true}\n"),
+        EXIT_INPUT,
+        ["r.yaml:3: release.licences.teacher.checkpoint: not an input of this recipe (its inputs: none"],
+        max_lines=1,
+    ),
+    Case(
+        "commercial-use-of-a-non-commercial-input",
+        recipe(
+            "data:\n  benchmark: r.yaml\nrelease:\n  commercial_use: true\n  licences:\n"
+            "    data.benchmark: {licence: RFW research licence, commercial: false}\n"
+        ),
+        EXIT_INPUT,
+        [
+            "r.yaml:6: release.licences.data.benchmark: RFW research licence does not allow commercial use, and "
+            "release.commercial_use is true"
+        ],
+        max_lines=1,
+    ),
+    Case(
+        "commercial-use-with-an-undeclared-input",
+        recipe("data:\n  benchmark: r.yaml\nrelease:\n  commercial_use: true\n"),
+        EXIT_INPUT,
+        ["r.yaml:4: release.commercial_use: true, but the licence of data.benchmark is not declared"],
+        max_lines=1,
+    ),
+    Case(
+        "release-version-not-a-folder-name",
+        recipe("release:\n  version: ../1.0\n"),
+        EXIT_INPUT,
+        ["r.yaml:2: release.version: got '../1.0' (expected a version like 1.2.0)"],
+        max_lines=1,
+    ),
     Case(
         "parity-cosine-zero",
         recipe("export:\n  min_parity_cosine: 0\n"),

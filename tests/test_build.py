@@ -7,19 +7,23 @@ release, and a build killed in the middle of distillation resumes from its check
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from helpers import DEMO_RECIPE, ROOT, TINY_BUILD, procedural_bin
 
 from factory.cli import main
+from factory.files import sha256_file
 
 RECIPE, TINY = DEMO_RECIPE, TINY_BUILD
 STAGES = ["data", "teacher", "distill", "export", "compress", "validate", "deploy", "release"]
@@ -28,6 +32,11 @@ TARGETS = {
     "local-cpu-onnxruntime": ["onnx_fp32", "onnx_int8"],
 }
 RELEASE_FILES = {
+    "MODEL_CARD.md",
+    "benchmark_labels.npz",
+    "pair_distances.npz",
+    "manifest.sig",
+    "targets",
     "fairness.png",
     "golden_input.npy",
     "golden_input.png",
@@ -52,7 +61,7 @@ def build(run_dir: Path, *extra: str) -> tuple[int, list[str]]:
     converted after other OpenVINO work in the same process differs in those names (not in its weights or graph).
     """
     cmd = [sys.executable, "-m", "factory", "build", str(RECIPE), "--no-progress", "--set", f"run_dir={run_dir}"]
-    for item in (*TINY, *extra):
+    for item in (*TINY, f"release.signing_key={SIGNING_KEY}", *extra):
         cmd += ["--set", item]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     return out.returncode, out.stdout.splitlines() + out.stderr.splitlines()
@@ -65,6 +74,12 @@ def stage_states(lines: list[str]) -> dict[str, str]:
             name, state = line.split()[1:3]
             states[name] = "cached" if state == "cached" else "ran"
     return states
+
+
+# A throwaway key pair committed for the tests (tests/fixtures/signing): every build here signs its release, so
+# a rebuild with the same settings is cached.
+SIGNING_KEY = ROOT / "tests" / "fixtures" / "signing" / "test_release.pem"
+PUBLIC_KEY = ROOT / "tests" / "fixtures" / "signing" / "test_release.pub.pem"
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +96,44 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     release = run_dir / "release"
     gate_row = next(i for i, line in enumerate(lines) if "INT8 drop vs FP32" in line)
     assert lines.index(str(release.resolve())) > gate_row  # the release directory comes after the gate table
-    shipped = {p.name for p in release.iterdir()} - {"stage.json"}
+    assert release.resolve().name == "tinyfar_synthdistill-0.1.0"  # the versioned bundle directory
+    shipped = {p.name for p in release.iterdir()}
     assert shipped == RELEASE_FILES
     manifest = json.loads((release / "manifest.json").read_text())
-    assert set(manifest["files"]) == RELEASE_FILES - {"manifest.json"}
+    top = {f for f in manifest["files"] if "/" not in f}
+    assert top == RELEASE_FILES - {"manifest.json", "manifest.sig", "targets"}
+    # each target's runner bundle, as it ran there, with every file listed
+    for target in TARGETS:
+        bundle = {f.split("/", 2)[2] for f in manifest["files"] if f.startswith(f"targets/{target}/")}
+        assert {"run_target.py", "bundle.json", "factory/runtime/verify.py"} <= bundle
+        assert manifest["targets"][target]["bundle"] == f"targets/{target}"
+    # the manifest's own hash and the tarball are printed before the release directory, and the tarball holds
+    # exactly the bundle's files
+    digest = next(line.split()[2] for line in lines if line.startswith("manifest sha256 "))
+    assert digest == sha256_file(release / "manifest.json") and any(line.endswith("(signed)") for line in lines)
+    tarball = release.resolve().parent / "tinyfar_synthdistill-0.1.0.tar.gz"
+    assert any(line.startswith(f"tarball {tarball} (sha256 ") for line in lines)
+    with tarfile.open(tarball) as tar:
+        members = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+    assert members == {*manifest["files"], "manifest.json", "manifest.sig"}
+    assert manifest["signature"]["algorithm"] == "ed25519"
+    assert manifest["benchmark"]["pairs"] == 160 and manifest["benchmark"]["labels"] == "benchmark_labels.npz"
+    # operating thresholds per artifact and group; the tiny benchmark supports neither FMR target, and says so
+    for name in ("onnx_fp32", "onnx_int8"):
+        at = manifest["thresholds"]["artifacts"][name]["1e-03"]
+        assert (
+            not at["supported"]
+            and "rule of 3" in at["unsupported"]
+            and set(at["groups"]) == set(manifest["benchmark"]["groups"])
+        )
+    assert manifest["licences"] == {"commercial_use": False, "model_licence": "other", "inputs": {}}
+    card = (release / "MODEL_CARD.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "other" and front["model-index"][0]["name"] == "tinyfar_synthdistill-0.1.0"
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", card):
+        assert (release / image).is_file(), image  # the card renders with its plots
+    assert {"fairness.png", "ledger.png", "fmr_heatmap.png"} <= set(re.findall(r"\(([a-z_]+\.png)\)", card))
+    assert "trained and evaluated only on procedural faces" in card
     assert manifest["contract"]["input_size"] == [112, 112] and manifest["contract"]["embedding_dim"] == 512
     assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"}
     assert manifest["artifacts"]["onnx_int8"]["derived_from"] == "onnx_fp32"
@@ -102,9 +151,9 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     }
     # The main recipe's two local CPU targets ran the shipped files through their bundles' runner, each in an
     # environment without torch, and every shipped artifact of their runtime is gated there.
-    on_target = {(g["artifact"], g["gate"]) for g in manifest["gates"] if g["key"] == "deploy.targets"}
+    on_target = {(g["artifact"], g["target"], g["gate"]) for g in manifest["gates"] if g["key"] == "deploy.targets"}
     assert on_target == {
-        (f"{name}@{target}", gate)
+        (name, target, gate)
         for target, names in TARGETS.items()
         for name in names
         for gate in ("golden cosine on target", "group accuracy change vs build")
@@ -162,31 +211,44 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
 
 def test_release_verifies_in_plain_runtimes(first_build: tuple[Path, int, list[str]], tmp_path: Path) -> None:
     release = first_build[0] / "release"
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    public = str(PUBLIC_KEY)
+    digest = sha256_file(release / "manifest.json")
+
+    def verify(folder: Path, *args: str) -> subprocess.CompletedProcess:
+        script = str(ROOT / "deploy" / "verify_release.py")
+        return subprocess.run([sys.executable, script, str(folder), *args], capture_output=True, text=True, timeout=300)
+
+    out = verify(release, "--public-key", public, "--manifest-sha256", digest)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("ok   golden") == 4
-    # Tampering with an artifact is caught (on a copy: the build's own release stays intact for later tests).
-    release = Path(shutil.copytree(release, tmp_path / "copy"))
-    onnx = release / "student.onnx"
+    assert out.stdout.count("ok   golden") == 4 and "ok   signature manifest.sig: valid" in out.stdout
+    # Tampering is caught (on copies: the build's own release stays intact for later tests): a flipped byte in an
+    # artifact, in a target's runner bundle, an added file, an edited manifest.
+    copy = Path(shutil.copytree(release, tmp_path / "copy"))
+    onnx = copy / "student.onnx"
     onnx.write_bytes(onnx.read_bytes() + b"\0")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "verify_release.py"), str(release)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 1 and "FAIL sha256 student.onnx" in out.stdout
+    runner = copy / "targets" / "local-cpu-openvino" / "run_target.py"
+    data = bytearray(runner.read_bytes())
+    data[100] ^= 0x01
+    runner.write_bytes(bytes(data))
+    (copy / "targets" / "local-cpu-openvino" / "extra.py").write_text("print('not shipped')")
+    out = verify(copy, "--public-key", public)
+    assert out.returncode == 1
+    assert "FAIL sha256 student.onnx: MISMATCH" in out.stdout
+    assert "FAIL sha256 targets/local-cpu-openvino/run_target.py: MISMATCH" in out.stdout
+    assert "FAIL unlisted targets/local-cpu-openvino/extra.py" in out.stdout
     assert "FAIL golden onnx_fp32: not run" in out.stdout and "ok   golden openvino_int8" in out.stdout
+    edited = Path(shutil.copytree(release, tmp_path / "edited"))
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["gates"][0]["limit"] = 0.0
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    out = verify(edited, "--public-key", public, "--manifest-sha256", digest)
+    assert out.returncode == 1 and "FAIL signature manifest.sig: the signature does not match" in out.stdout
+    assert f"expected {digest} (edited)" in out.stdout
     # The same checks through the factory CLI.
-    verified = CliRunner().invoke(main, ["release", "verify", str(first_build[0] / "release")])
+    verified = CliRunner().invoke(main, ["release", "verify", str(release), "--public-key", public])
     assert verified.exit_code == 0 and verified.output.count("ok   golden") == 4, verified.output
-    tampered = CliRunner().invoke(main, ["release", "verify", str(release)])
-    assert tampered.exit_code == 1 and "FAIL sha256 student.onnx: MISMATCH or missing" in tampered.output
+    tampered = CliRunner().invoke(main, ["release", "verify", str(copy)])
+    assert tampered.exit_code == 1 and "FAIL sha256 student.onnx: MISMATCH: its content differs" in tampered.output
 
 
 def test_rebuild_is_cached_and_changes_rerun_only_downstream(first_build: tuple[Path, int, list[str]]) -> None:
@@ -221,10 +283,14 @@ def test_force_reruns_a_stage(first_build: tuple[Path, int, list[str]]) -> None:
 def test_failed_gate_writes_no_release_and_keeps_the_last_good_one(first_build: tuple[Path, int, list[str]]) -> None:
     run_dir = first_build[0]
     good = (run_dir / "release").resolve()
-    code, lines = build(run_dir, "gates.min_accuracy=0.9999")
+    # a quality floor and a fairness goal no model here can reach: every group at least 99 %
+    code, lines = build(run_dir, "gates.min_accuracy=0.9999", "gates.goals=[{metric: group_accuracy, threshold: 0.99}]")
     assert code == 1
     text = "\n".join(lines)
     assert "gate failed: torch_fp32 mean accuracy" in text and "(limit >= 0.9999)" in text
+    # the table says why, row by row: the goal fails on every shipped artifact
+    assert "gate failed: onnx_int8 worst group accuracy" in text and "(limit >= 0.99)" in text
+    assert any(line.startswith("onnx_int8") and "worst group accuracy" in line and "FAIL" in line for line in lines)
     assert lines[-2:] == [
         f"no new release written; the failure is recorded in {run_dir / 'release.failed.json'}",
         f"the last good release remains: {good}",
@@ -232,7 +298,7 @@ def test_failed_gate_writes_no_release_and_keeps_the_last_good_one(first_build: 
     assert (run_dir / "release").resolve() == good
     record = json.loads((run_dir / "release.failed.json").read_text())
     assert record["recipe"]["gates"]["min_accuracy"] == 0.9999
-    assert {g["gate"] for g in record["failed"]} == {"mean accuracy"}
+    assert {g["gate"] for g in record["failed"]} == {"mean accuracy", "worst group accuracy"}
     assert "min_accuracy: 0.3" in (run_dir / "recipe.resolved.yaml").read_text()  # the recipe of the release
     assert not list((run_dir / "stages" / "release").glob("*.partial/manifest.json"))
 
@@ -360,12 +426,12 @@ def test_a_new_artifact_kind_is_validated_gated_and_released(qat_with_new_kinds:
         "openvino_qat_int8",
         "onnx_qat_int8",
     ]
-    gates = {(g["artifact"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
-    assert {("onnx_external_fp32", "mean accuracy"), ("onnx_external_fp32", "latency ms (b1)")} <= gates
-    assert {("openvino_fp16", "mean accuracy"), ("openvino_fp16", "latency ms (b1)")} <= gates
+    gates = {(g["artifact"], g["target"], g["gate"]) for g in result.stages["release"].metrics["gates"]}
+    assert {("onnx_external_fp32", "", "mean accuracy"), ("onnx_external_fp32", "", "latency ms (b1)")} <= gates
+    assert {("openvino_fp16", "", "mean accuracy"), ("openvino_fp16", "", "latency ms (b1)")} <= gates
     # each goes to the targets of its runtime and precision: the IR to OpenVINO, the two-file ONNX to ONNX Runtime
-    assert ("openvino_fp16@local-cpu-openvino", "golden cosine on target") in gates
-    assert ("onnx_external_fp32@local-cpu-onnxruntime", "golden cosine on target") in gates
+    assert ("openvino_fp16", "local-cpu-openvino", "golden cosine on target") in gates
+    assert ("onnx_external_fp32", "local-cpu-onnxruntime", "golden cosine on target") in gates
     manifest = json.loads((result.release_dir / "manifest.json").read_text())
     assert manifest["artifacts"]["openvino_fp16"]["precision"] == "fp16"
     assert (result.release_dir / "student_fp16.bin").is_file()
@@ -462,9 +528,7 @@ def test_mst_kd_release_measures_every_teacher(first_build: tuple[Path, int, lis
     gates = result.stages["release"].metrics["gates"]
     # teachers are never gated, here or on the targets (which get the shipped artifacts only)
     assert {g["artifact"] for g in gates if g["key"] != "deploy.targets"} == set(students)
-    assert {g["artifact"].split("@")[0] for g in gates if g["key"] == "deploy.targets"} == set(students) - {
-        "torch_fp32"
-    }
+    assert {g["artifact"] for g in gates if g["key"] == "deploy.targets"} == set(students) - {"torch_fp32"}
     manifest = json.loads((result.release_dir / "manifest.json").read_text())
     assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"}
     assert manifest["artifacts"]["onnx_int8"]["derived_from"] == "onnx_fp32"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from factory.recipe import GatesConfig, load_recipe
-from factory.recipe.schema import GateSpec, LatencyGateSpec
+from factory.recipe.schema import GateSpec, GoalSpec, LatencyGateSpec
 from factory.release.gates import (
     FAIL,
     PASS,
@@ -408,3 +408,183 @@ def test_the_fairness_plot_fits_eleven_artifacts_without_a_warning_and_repeats_n
     assert len(bars) == 11 and len({tuple(b.patches[0].get_facecolor()) for b in bars}) == 11
     monkeypatch.undo()
     plt.close(figures[0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Goals: any metric, on the build machine or a target, as a threshold or a degradation from another artifact
+# --------------------------------------------------------------------------------------------------------------
+
+
+def with_operating_point(metrics: dict) -> dict:
+    """Adds per-group FMR/FNMR at the FMR 1e-3 threshold (int8 supported, fp32 not) and TAR@FAR to the lineage."""
+
+    def block(fmr: dict, supported: bool) -> dict:
+        why = None if supported else "rule of 3: 80 impostor pairs, which support FMR >= 3.7e-02 at best"
+        mark = (lambda v: v) if supported else (lambda v: {"estimate": v, "unsupported": why})
+        groups = {
+            g: {"fmr": mark(f), "fmr_ci": mark([f / 2, 2 * f]), "fnmr": mark(0.1), "fnmr_ci": mark([0.05, 0.15])}
+            for g, f in fmr.items()
+        }
+        summary = {"fmr_max_geomean": mark(1.6), "fnmr_max_geomean": mark("not estimable")}
+        return {"1e-03": {"groups": groups, "summary": summary}}
+
+    metrics["artifacts"]["fp32"]["evaluation"]["operational"] = block({"a": 0.001, "b": 0.002}, supported=False)
+    metrics["artifacts"]["int8"]["evaluation"]["operational"] = block({"a": 0.0008, "b": 0.0012}, supported=True)
+    metrics["artifacts"]["int8"]["evaluation"]["overall"] = {"tar_at_far": {"1e-03": {"tar": 0.91}}}
+    return metrics
+
+
+def goals(*specs: GoalSpec) -> GatesConfig:
+    return GatesConfig(min_accuracy=None, max_std=None, max_int8_drop=None, max_latency_ms=None, goals=list(specs))
+
+
+def test_goal_metrics_read_their_values_intervals_and_support() -> None:
+    metrics = with_operating_point(lineage_metrics([0.0042, 0.0231]))
+    metrics["artifacts"]["fp32"]["evaluation"]["fairness"]["ser"] = 1.4
+    rows = evaluate_gates(
+        goals(
+            GoalSpec("fmr_max", threshold=0.005),
+            GoalSpec("fmr_max_geomean", artifacts="int8", threshold=2.0),
+            GoalSpec("fnmr_max_geomean", artifacts="int8", threshold=2.0),
+            GoalSpec("tar_at_far", artifacts="int8", threshold=0.9),
+            GoalSpec("ser", artifacts="fp32", threshold=4.0, mode="point"),
+        ),
+        metrics,
+        LINEAGE,
+    )
+    got = {(r.artifact, r.key): r for r in rows}
+    fmr = got["int8", "goals.0"]
+    # the worst group, with the interval that decides for every group at once: [max of lows, max of highs]
+    assert (fmr.gate, fmr.value, fmr.interval, fmr.mode) == (
+        "max group FMR (threshold for FMR 1e-03)",
+        0.0012,
+        [0.0006, 0.0024],
+        "confidence",
+    )
+    assert (fmr.outcome, fmr.passed, fmr.unit) == (PASS, True, "fraction")
+    # fp32's figures are marked unsupported (too few impostors): not resolvable, whatever they say, failing
+    unsupported = got["fp32", "goals.0"]
+    assert (unsupported.outcome, unsupported.passed) == (UNRESOLVED, False)
+    assert "rule of 3" in unsupported.detail and "the benchmark cannot support it" in failure_message(rows)
+    geomean = got["int8", "goals.1"]
+    assert (geomean.value, geomean.mode, geomean.unit, geomean.passed) == (1.6, "point", "ratio", True)
+    assert got["int8", "goals.2"].gate.endswith("(n/a)") and "not estimable" in got["int8", "goals.2"].detail
+    assert (got["int8", "goals.3"].value, got["int8", "goals.3"].passed) == (0.91, True)
+    ser = got["fp32", "goals.4"]
+    assert (ser.value, ser.interval, ser.passed, ser.unit) == (1.4, [1.1, math.inf], True, "ratio")
+    table = format_gate_table(rows)
+    assert "1.60" in table and "<= 2.00" in table and "160.00%" not in table  # a ratio is not a percentage
+
+
+def test_a_degradation_is_measured_against_the_parent_or_a_named_artifact() -> None:
+    metrics = lineage_metrics([0.0042, 0.0231])
+    rows = evaluate_gates(
+        goals(
+            GoalSpec("accuracy", artifacts="all", against="teacher", max_degradation=0.02),
+            GoalSpec("latency_ms", artifacts="int8", percent_max_degradation=10),
+            GoalSpec("size_mb", artifacts="int8", percent_max_degradation=50),
+        ),
+        metrics,
+        LINEAGE,
+        sizes={"fp32": 8_000_000, "int8": 3_000_000},
+    )
+    got = {(r.artifact, r.key): r for r in rows}
+    # 0.90 - 0.8862 points below the teacher; no paired comparison against the teacher: no interval, so the
+    # default confidence mode fails it (a degradation is never passed on nothing)
+    teacher = got["fp32", "goals.0"]
+    assert teacher.gate == "mean accuracy: degradation vs teacher" and teacher.value == pytest.approx(0.0138)
+    assert teacher.interval is None and not teacher.passed
+    # latency got faster: a negative degradation, in percent of the parent's 2.05 ms, with bounds from both
+    # intervals ([1.58, 1.66] against [1.98, 2.11]) scaled the same way
+    latency = got["int8", "goals.1"]
+    assert latency.value == pytest.approx(100 * (1.61 - 2.05) / 2.05) and latency.unit == "percent"
+    assert latency.interval == pytest.approx([100 * (1.58 - 2.11) / 2.05, 100 * (1.66 - 1.98) / 2.05])
+    assert latency.passed and latency.outcome == PASS
+    size = got["int8", "goals.2"]
+    assert (size.value, size.mode, size.passed) == (pytest.approx(-62.5), "point", True)
+    assert "-62.50%" in format_gate_table(rows)
+
+
+def test_the_named_gates_are_shorthands_for_goals() -> None:
+    metrics = lineage_metrics([0.0042, 0.0231])
+    named = evaluate_gates(
+        GatesConfig(min_accuracy=GateSpec(0.87), max_latency_ms=None, max_std=None), metrics, LINEAGE
+    )
+    spelled = evaluate_gates(
+        goals(
+            GoalSpec("accuracy", artifacts="all", threshold=0.87),
+            GoalSpec("accuracy", artifacts="int8", max_degradation=0.01, mode="point"),
+        ),
+        metrics,
+        LINEAGE,
+    )
+    strip = ("gate", "key")
+    assert [{k: v for k, v in r.to_dict().items() if k not in strip} for r in named] == [
+        {k: v for k, v in r.to_dict().items() if k not in strip} for r in spelled
+    ]
+
+
+def test_a_goal_that_selects_nothing_fails_and_says_why() -> None:
+    metrics = lineage_metrics([0.0042, 0.0231])
+    rows = evaluate_gates(
+        goals(
+            GoalSpec("accuracy", artifacts="openvino_int8", threshold=0.5),
+            GoalSpec("latency_ms", target="jetson", threshold=5.0),
+        ),
+        metrics,
+        LINEAGE,
+        targets={},
+    )
+    assert [(r.artifact, r.target, r.passed) for r in rows] == [
+        ("openvino_int8", "", False),
+        ("shipped", "jetson", False),
+    ]
+    message = failure_message(rows)
+    assert "no built artifact is selected by 'openvino_int8' (built: fp32, int8)" in message
+    assert "target jetson was not measured (deploy.targets lists none)" in message
+
+
+def test_goals_on_a_target_read_its_measurements_and_share_one_table_with_the_build() -> None:
+    metrics = lineage_metrics([0.0042, 0.0231])
+    targets = {
+        "pi": {
+            "artifacts": {
+                "int8": {
+                    "accuracy": {"a": 0.86, "b": 0.88},
+                    "accuracy_mean": 0.87,
+                    "latency_by_batch": {"1": {"median_ms": 14.0, "median_ci": [13.0, 16.0]}},
+                },
+                "fp32": {"error": "not in the report"},
+            }
+        }
+    }
+    gates = goals(
+        GoalSpec("latency_ms", target="pi", threshold=15.0),
+        GoalSpec("group_accuracy", target="pi", threshold=0.85),
+    )
+    gates.max_latency_ms = 10.0
+    rows = evaluate_gates(gates, metrics, LINEAGE, targets=targets)
+    on_pi = [(r.artifact, r.target, r.gate, r.outcome) for r in rows if r.target]
+    assert on_pi == [
+        ("int8", "pi", "latency ms (b1)", UNRESOLVED),  # [13, 16] ms holds 15 ms
+        ("int8", "pi", "worst group accuracy", PASS),  # 86 %, a point: the target measures no interval
+    ]
+    lines = format_gate_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["artifact", "target", "gate"]
+    assert any(line.startswith("int8      build   latency ms (b1)") for line in lines)
+    assert any(line.startswith("int8      pi      latency ms (b1)") for line in lines)
+    assert "gate failed: int8 on pi latency ms (b1) = 14" in failure_message(rows)
+
+
+def test_goals_from_a_recipe_and_their_checks(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "gates:\n  goals:\n"
+        "    - {metric: fmr_max, at_fmr: 1e-4, threshold: 0.002}\n"
+        "    - {metric: accuracy, artifacts: torch_fp32, against: teacher, percent_max_degradation: 5}\n"
+    )
+    recipe = load_recipe(path)
+    first, second = recipe.gates.goals
+    assert (first.metric, first.at_fmr, first.goal, first.limit) == ("fmr_max", 1e-4, "threshold", 0.002)
+    assert (second.against, second.goal, second.limit) == ("teacher", "percent_max_degradation", 5.0)
+    assert load_recipe(path, ["gates.goals.0.threshold=0.001"]).gates.goals[0].threshold == 0.001

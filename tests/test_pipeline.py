@@ -52,8 +52,9 @@ def release(ctx: StageContext) -> StageResult:
     if ctx.config["limit"] > 0.5:
         raise GateFailure("gate failed: toy", [{"gate": "toy", "passed": False}])
     names = [b.name for b in ctx.artifacts()]
-    write_text(ctx.work_dir / "bundle.txt", ",".join(names))
-    return StageResult({"artifacts": names})
+    # The bundle is one versioned folder of the stage's directory, as the real release stage writes it.
+    write_text(ctx.work_dir / "toy-1.0" / "bundle.txt", ",".join(names))
+    return StageResult({"artifacts": names, "published": "toy-1.0"})
 
 
 STAGES = (
@@ -165,7 +166,9 @@ def test_clean_keeps_what_the_next_build_uses(tmp_path: Path) -> None:
     after = _entries(tmp_path)
     assert after["make"] == {keys["make"]} and after["derive"] == {keys["derive"] + ".partial"}
     release_of_seed_1 = (tmp_path / "release").resolve()
-    assert release_of_seed_1 != good and after["release"] == {release_of_seed_1.name}
+    assert release_of_seed_1.name == "toy-1.0" and (release_of_seed_1 / "bundle.txt").is_file()
+    # the published folder's stage directory is kept whole
+    assert release_of_seed_1 != good and after["release"] == {release_of_seed_1.parent.name}
     assert "gone" not in after and not leftover.exists()
     result = build(current, echo=lambda line: None, progress=False, stages=STAGES)  # resumes the kept .partial
     assert result.stages["make"].cached and result.stages["derive"].metrics["resumed"] is True

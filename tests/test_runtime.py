@@ -18,11 +18,13 @@ from factory.runtime.artifacts import Artifact
 from factory.runtime.contract import CONTRACT_KEY, ModelContract
 from factory.runtime.manifest import MANIFEST_FILE, MANIFEST_FORMAT, ManifestError, read_manifest
 from factory.runtime.preprocess import to_model_input_numpy
+from factory.runtime.signing import SIGNATURE_FILE, sign
 from factory.runtime.verify import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = ModelContract(mean=(120.0, 110.0, 100.0), std=(60.0, 62.0, 64.0), embedding_dim=8)
-BLOCKED = ("torch", "torchvision", "timm", "nncf", "openvino")
+# cryptography too: an unsigned check must not need it (a target may not have it)
+BLOCKED = ("torch", "torchvision", "timm", "nncf", "openvino", "cryptography")
 
 # Runs in a fresh interpreter whose first import finder refuses the build-side packages, so any import of them by
 # the runtime layer (direct or through a dependency) fails loudly instead of passing because torch is installed.
@@ -90,8 +92,11 @@ def write_tiny_onnx(path: Path, contract: ModelContract) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def make_release(root: Path) -> Path:
-    """A one-artifact (ONNX) release laid out as the manifest schema says, golden embedding from ONNX Runtime."""
+def make_release(root: Path, gates: list | None = None, signing_key: Path | None = None) -> Path:
+    """A one-artifact (ONNX) release laid out as the manifest schema says, golden embedding from ONNX Runtime.
+
+    ``signing_key``: an ed25519 private key (PEM) to sign the manifest with, as the release stage does.
+    """
     root.mkdir(parents=True, exist_ok=True)
     write_tiny_onnx(root / "model.onnx", CONTRACT)
     face = np.random.default_rng(1).integers(0, 256, size=(1, 3, *CONTRACT.input_size), dtype=np.uint8)
@@ -110,16 +115,25 @@ def make_release(root: Path) -> Path:
         "contract": CONTRACT.to_dict(),
         "artifacts": {artifact.name: {**artifact.to_dict(), "metrics": {}}},
         "reference": {},
-        "gates": [],
+        "benchmark": {"sha256": "0" * 64, "pairs": 0, "groups": [], "distances": "pair_distances.npz"},
+        "thresholds": {"score": "cosine", "artifacts": {}},
+        "gates": gates if gates is not None else [{"artifact": "onnx_fp32", "gate": "mean accuracy", "passed": True}],
+        "targets": {},
         "fairness_ledger": [],
         "golden": {
             "input": "golden_input.npy",
             "image": "golden_input.png",
             "embeddings": {artifact.name: embedding.tolist()},
         },
+        "licences": {"commercial_use": False, "model_licence": "other", "inputs": {}},
+        "signature": None,
         "lineage": {},
     }
+    if signing_key is not None:
+        manifest["signature"] = {"algorithm": "ed25519", "file": SIGNATURE_FILE, "key_sha256": "test"}
     (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    if signing_key is not None:
+        (root / SIGNATURE_FILE).write_text(sign((root / MANIFEST_FILE).read_bytes(), signing_key))
     return root
 
 
@@ -150,7 +164,7 @@ def test_a_flipped_byte_fails_the_checksum_and_is_never_run(tmp_path: Path, caps
     (release / "model.onnx").write_bytes(bytes(data))
     assert main([str(release)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert "FAIL sha256 model.onnx: MISMATCH or missing" in lines
+    assert "FAIL sha256 model.onnx: MISMATCH: its content differs from the manifest's hash" in lines
     assert "ok   sha256 golden_input.npy: ok" in lines
     assert "FAIL golden onnx_fp32: not run, model.onnx failed its checksum" in lines
 
@@ -161,6 +175,107 @@ def test_verify_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert all(line.startswith("ok   ") for line in capsys.readouterr().out.splitlines())
     assert main([str(tmp_path / "nowhere")]) == 2
     assert str(tmp_path / "nowhere" / MANIFEST_FILE) in capsys.readouterr().err
+
+
+def ed25519_keys(folder: Path, name: str = "key") -> tuple[Path, Path]:
+    """A fresh key pair as PEM files (private PKCS#8, public SubjectPublicKeyInfo), as openssl writes them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def verify_lines(release: Path, *args: str, capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
+    code = main([str(release), *args])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_files_present_but_not_listed_fail_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    release = make_release(tmp_path / "release")
+    (release / "extra").mkdir()
+    (release / "extra" / "notes.txt").write_text("added after the release")
+    (release / "model_copy.onnx").symlink_to(release / "model.onnx")
+    code, lines = verify_lines(release, capsys=capsys)
+    assert code == 1
+    assert "FAIL unlisted extra/notes.txt: in the bundle but not in manifest.json" in lines
+    assert "FAIL unlisted model_copy.onnx: in the bundle but not in manifest.json" in lines
+    # A listed file replaced by a link to an identical copy is not the listed file.
+    (release / "extra" / "notes.txt").unlink()
+    (release / "model_copy.onnx").unlink()
+    (release / "model.onnx").rename(release / "elsewhere.onnx")
+    (release / "model.onnx").symlink_to(release / "elsewhere.onnx")
+    code, lines = verify_lines(release, capsys=capsys)
+    assert "FAIL sha256 model.onnx: a link, not the listed file" in lines
+    assert "FAIL unlisted elsewhere.onnx: in the bundle but not in manifest.json" in lines
+
+
+def test_the_signature_covers_the_manifest_and_the_manifest_every_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    private, public = ed25519_keys(tmp_path)
+    _, other_public = ed25519_keys(tmp_path, "other")
+    release = make_release(tmp_path / "release", signing_key=private)
+    code, lines = verify_lines(release, "--public-key", str(public), capsys=capsys)
+    assert code == 0, lines
+    assert any(line.startswith("ok   signature manifest.sig: valid, ed25519 key sha256 ") for line in lines)
+    # Without a key the signature is reported, not silently taken as checked.
+    code, lines = verify_lines(release, capsys=capsys)
+    assert code == 0 and "ok   signature manifest.sig: present, not checked (pass --public-key)" in lines
+    code, lines = verify_lines(release, "--public-key", str(other_public), capsys=capsys)
+    assert code == 1 and any("FAIL signature manifest.sig: the signature does not match" in x for x in lines)
+    # An edited manifest whose hashes and golden vectors still agree with the files: only the signature and the
+    # manifest's own hash can tell.
+    manifest = json.loads((release / MANIFEST_FILE).read_text())
+    digest = sha256_file(release / MANIFEST_FILE)
+    manifest["golden"]["embeddings"]["onnx_fp32"] = [2 * v for v in manifest["golden"]["embeddings"]["onnx_fp32"]]
+    (release / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    code, lines = verify_lines(release, "--public-key", str(public), "--manifest-sha256", digest, capsys=capsys)
+    assert code == 1
+    assert any(x.startswith("FAIL signature manifest.sig: the signature does not match") for x in lines)
+    assert any(x.startswith("FAIL manifest sha256 ") and x.endswith(f"expected {digest} (edited)") for x in lines)
+    assert "ok   golden onnx_fp32: cosine 1.000000 (limit 0.9999)" in lines  # scaling kept the direction: only
+    # the signature and the hash caught it
+    (release / SIGNATURE_FILE).unlink()
+    code, lines = verify_lines(release, capsys=capsys)
+    assert code == 1 and "FAIL signature: the manifest says it is signed, but manifest.sig is missing" in lines
+    (release / SIGNATURE_FILE).write_text("not base64 !")
+    code, lines = verify_lines(release, "--public-key", str(public), capsys=capsys)
+    assert "FAIL signature manifest.sig: manifest.sig is not base64 text" in lines
+
+
+def test_an_unsigned_release_fails_when_a_signature_is_asked_for(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, public = ed25519_keys(tmp_path)
+    release = make_release(tmp_path / "release")
+    code, lines = verify_lines(release, "--public-key", str(public), capsys=capsys)
+    assert code == 1 and "FAIL signature: the manifest is not signed, and --public-key asks for one" in lines
+    # A signature file the manifest does not declare is one more unlisted file.
+    (release / SIGNATURE_FILE).write_text("AAAA")
+    code, lines = verify_lines(release, capsys=capsys)
+    assert "FAIL unlisted manifest.sig: in the bundle but not in manifest.json" in lines
+    # A key that is not an ed25519 public key is named.
+    code, lines = verify_lines(
+        make_release(tmp_path / "signed", signing_key=ed25519_keys(tmp_path, "k")[0]),
+        "--public-key",
+        str(release / "model.onnx"),
+        capsys=capsys,
+    )
+    assert code == 1 and any("not an unencrypted PEM public key" in x for x in lines)
+
+
+def test_a_release_of_a_refused_build_is_not_a_release(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    failed = {"artifact": "onnx_fp32", "gate": "accuracy STD", "passed": False}
+    release = make_release(tmp_path / "release", gates=[failed])
+    code, lines = verify_lines(release, capsys=capsys)
+    assert code == 1
+    assert "FAIL gates: 1 recorded as failed (onnx_fp32 accuracy STD): a refused build is no release" in lines
 
 
 @pytest.mark.parametrize("colour_order", ["RGB", "BGR"])
@@ -209,7 +324,9 @@ def test_read_manifest_rejects_another_format(tmp_path: Path) -> None:
     assert read_manifest(release)["name"] == "tiny"
     manifest = json.loads((release / MANIFEST_FILE).read_text())
     (release / MANIFEST_FILE).write_text(json.dumps({**manifest, "format": "factory.release/1"}))
-    with pytest.raises(ManifestError, match="format is 'factory.release/1', expected 'factory.release/2'") as err:
+    with pytest.raises(
+        ManifestError, match="format is 'factory.release/1', a schema this verifier does not know"
+    ) as err:
         read_manifest(release)
     assert str(release / MANIFEST_FILE) in str(err.value)
     del manifest["lineage"]

@@ -210,6 +210,20 @@ def test_a_missing_libcudart_says_what_was_tried_and_how_to_point_at_it(
         CudaRuntime(tmp_path / "nowhere.so")
 
 
+def test_the_pip_wheels_libcudart_is_looked_for_where_each_wheel_puts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FACTORY_CUDART", raising=False)
+    for wheel, name in (("cuda_runtime", "libcudart.so.12"), ("cu13", "libcudart.so.13")):
+        (tmp_path / "nvidia" / wheel / "lib").mkdir(parents=True)
+        (tmp_path / "nvidia" / wheel / "lib" / name).write_bytes(b"")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert cudart_candidates()[:2] == [
+        str(tmp_path / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so.12"),
+        str(tmp_path / "nvidia" / "cu13" / "lib" / "libcudart.so.13"),
+    ]
+
+
 def test_a_foreign_engine_is_refused_by_path(cudart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", _stand_in_tensorrt())
     engine = tmp_path / "other.engine"

@@ -79,6 +79,17 @@ class PairBenchmark:
                 group_names=np.array(self.group_names, dtype=str),
             )
 
+    @staticmethod
+    def save_labels(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+        """Copy a saved benchmark's pair labels, groups and subjects, not its images, to ``path``.
+
+        A release ships them: two releases on the same benchmark are compared pair by pair without the images.
+        """
+        with np.load(source, allow_pickle=False) as data:  # members load lazily: the images are not read
+            arrays = {k: data[k] for k in _ARRAYS if k != "images"}
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PairBenchmark:
         """Read a file written by :meth:`save`; never unpickles."""

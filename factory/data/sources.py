@@ -165,7 +165,7 @@ class FilesSourceConfig:
     # For either part of a real/synthetic mix, whose groups must be the world's. Files without group folders or a
     # group column: identity,group lines (a RecordIO pack's identities are its labels). Files with groups of their
     # own: <their group>,<world group> lines renaming them (BUPT's African,alpha ...).
-    group_mapping: str | None = field(default=None, metadata={"path": True})
+    group_mapping: str | None = field(default=None, metadata={"path": True, "licensed": False})
 
     def check(self, fail: Fail) -> None:
         """A files source names its files."""

@@ -67,17 +67,17 @@ def target_rows(
     name = target.name
     rows = []
     for engine, built in report["engines"].items():
-        rows.append(_check(f"{engine}@{name}", "engine built on target", bool(built.get("built")), built.get("error")))
+        rows.append(_check(engine, name, "engine built on target", bool(built.get("built")), built.get("error")))
     groups = bundle["benchmark"]["groups"]
     for entry in bundle["artifacts"]:
         artifact = entry["artifact"]
-        where = f"{artifact['name']}@{name}"
+        where = artifact["name"]
         measured = report["artifacts"].get(artifact["name"]) or {"error": "not in the report"}
         if "error" in measured:
-            rows.append(_check(where, "ran on target", False, measured["error"]))
+            rows.append(_check(where, name, "ran on target", False, measured["error"]))
             continue
         rows.append(
-            _row(where, "golden cosine on target", measured["golden_cosine"], artifact["golden_min_cosine"], ">=")
+            _row(where, name, "golden cosine on target", measured["golden_cosine"], artifact["golden_min_cosine"], ">=")
         )
         build = reference_accuracy(entry, bundle_dir, bundle)
         change = max(abs(measured["accuracy"][g] - build[g]) for g in groups)
@@ -85,6 +85,7 @@ def target_rows(
         rows.append(
             _row(
                 where,
+                name,
                 "group accuracy change vs build",
                 change,
                 target.max_accuracy_change,
@@ -94,13 +95,13 @@ def target_rows(
         )
         if target.max_latency_ms is not None:
             latency = measured["latency_by_batch"]["1"]
-            rows.append(_row(where, "latency on target (ms)", latency["median_ms"], target.max_latency_ms, "<="))
+            rows.append(_row(where, name, "latency on target (ms)", latency["median_ms"], target.max_latency_ms, "<="))
     return rows
 
 
 def refused_rows(target: TargetConfig, reason: str) -> list[dict[str, Any]]:
     """The one failing row of a target that gave no acceptable report (unreachable, refused, not run)."""
-    return [_check(f"@{target.name}", "report from target", False, reason)]
+    return [_check("-", target.name, "report from target", False, reason)]
 
 
 def reference_accuracy(entry: dict[str, Any], bundle_dir: Path, bundle: dict[str, Any]) -> dict[str, float]:
@@ -191,15 +192,20 @@ def targets_table(targets: dict[str, Any]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
-def _check(artifact: str, gate: str, passed: bool, detail: str | None) -> dict[str, Any]:
+def _check(artifact: str, target: str, gate: str, passed: bool, detail: str | None) -> dict[str, Any]:
     """A yes/no row (mode ``check``): something that either happened on the target or did not."""
-    return _row(artifact, gate, float(passed), 1.0, ">=", detail or "") | {"mode": CHECK}
+    return _row(artifact, target, gate, float(passed), 1.0, ">=", detail or "") | {"mode": CHECK}
 
 
-def _row(artifact: str, gate: str, value: float, limit: float, comparison: str, detail: str = "") -> dict[str, Any]:
+def _row(
+    artifact: str, target: str, gate: str, value: float, limit: float, comparison: str, detail: str = ""
+) -> dict[str, Any]:
     passed = value >= limit if comparison == ">=" else value <= limit
+    unit = "ms" if "ms" in gate else "cosine" if "cosine" in gate else "fraction"
     return {
         "artifact": artifact,
+        "target": target,
+        "unit": unit,
         "gate": gate,
         "value": float(value),
         "limit": float(limit),

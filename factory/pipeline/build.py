@@ -109,7 +109,8 @@ def build(
             line = stage.summary(out.metrics)
             echo(f"[{index}/{len(names)}] {name:<9} {state}  {line}".rstrip())
             if stage.publishes:
-                result.release_dir = _publish(run_dir, out.dir, recipe)
+                # A stage may publish one folder of its directory (the release: its versioned bundle).
+                result.release_dir = _publish(run_dir, out.dir / out.metrics.get("published", ""), recipe)
     return result
 
 

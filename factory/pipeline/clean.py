@@ -80,7 +80,9 @@ def clean(
                 continue
             for entry in sorted(stage_dir.iterdir()):
                 key = entry.name.removesuffix(".partial")
-                if key == keys.get(stage_dir.name) or (release is not None and entry.resolve() == release):
+                if key == keys.get(stage_dir.name) or (
+                    release is not None and (entry.resolve() == release or entry.resolve() in release.parents)
+                ):
                     continue
                 doomed.append(entry)
         # Temporary files of atomic writes a killed process left (factory.files.atomic_path names them .X.*.partial).

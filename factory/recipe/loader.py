@@ -541,6 +541,23 @@ def _check_semantics(recipe: Recipe, v: _Validator) -> None:
                 v.fail(f"data.world.difficulty.{name}", f"unknown group ({hint}the taxonomy has: {', '.join(known)})")
     _check_teachers(recipe, v)  # after the taxonomy's own check: it counts the taxonomy's groups
     _check_targets(recipe, v)
+    _check_goals(recipe, v)
+    if v.clean("release.licences", "release.commercial_use"):
+        from factory.recipe.inputs import licence_problems
+
+        for key, message in licence_problems(recipe):
+            v.fail(key, message)
+
+
+def _check_goals(recipe: Recipe, v: _Validator) -> None:
+    """A goal measured on a target names one the recipe deploys to."""
+    if not v.clean("deploy.targets"):
+        return
+    names = [Path(t).stem for t in recipe.deploy.targets]
+    for i, goal in enumerate(recipe.gates.goals):
+        if goal.target is not None and goal.target not in names:
+            listed = ", ".join(names) or "none"
+            v.fail(f"gates.goals.{i}.target", f"got {goal.target!r} (expected one of deploy.targets: {listed})")
 
 
 def _check_targets(recipe: Recipe, v: _Validator) -> None:

@@ -2,7 +2,9 @@
 
 Field metadata understood by :mod:`factory.recipe.loader`:
 
-- ``{"path": True}``: a file path that must exist, resolved relative to the file that set it.
+- ``{"path": True}``: a file path that must exist, resolved relative to the file that set it. It is an input the user
+  supplied, whose licence the release records (:func:`factory.recipe.inputs.supplied_inputs`), unless the metadata
+  also has ``"licensed": False`` (a file of settings the user writes: a taxonomy, a key).
 - ``{"registry": FAMILY}``: a name that must be registered in that family (``"model"``, ``"head"``).
 - ``{"union": FAMILY}`` on a field annotated ``Any`` (or ``list[Any]``): a tagged union, a mapping whose ``kind``
   names a config dataclass registered in that family.
@@ -24,6 +26,7 @@ import dataclasses
 import math
 import os
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -139,7 +142,9 @@ class GroupDifficulty:
 class WorldConfig:
     """The built-in procedural face world (used for training, calibration and the default benchmark)."""
 
-    taxonomy: str | None = field(default=None, metadata={"path": True})  # group taxonomy YAML; None = built-in
+    taxonomy: str | None = field(
+        default=None, metadata={"path": True, "licensed": False}
+    )  # group taxonomy YAML; None = built-in
     seed: int = field(default=0, metadata=_SEED)
     # group name -> how much harder it is made, e.g. {gamma: {nuisance: 1.5, identity_spread: 0.7}}: a world whose
     # bias is known, so per-group accuracy and fairness measures can be checked against it
@@ -452,12 +457,104 @@ class LatencyGateSpec(GateSpec):
     limit: float = field(metadata=between(gt=0))
 
 
+# What a goal measures (factory.release.gates.METRICS defines each: its direction, unit and interval).
+GoalMetric = Literal[
+    "accuracy",  # mean of the per-group accuracies (10-fold protocol per group)
+    "group_accuracy",  # the worst group's accuracy; its degradation is the largest drop of any one group
+    "tar_at_far",  # TAR at the global threshold for `at_fmr` over the whole benchmark
+    "std",  # sample std of the per-group accuracies
+    "ser",  # skewed error ratio: (1 - worst accuracy) / (1 - best accuracy)
+    "fmr_max",  # the highest group FMR at the global threshold set for `at_fmr`
+    "fnmr_max",  # the highest group FNMR there
+    "fmr_max_geomean",  # max/geomean of the group FMRs there (NIST FRVT Part 8)
+    "fnmr_max_geomean",  # the same for FNMRs
+    "cosine",  # mean embedding cosine to the parent on held-out faces (compress stage)
+    "cosine_p1",  # 1st percentile of that cosine
+    "group_cosine",  # the lowest group's mean cosine to the parent (per-group drift)
+    "latency_ms",  # batch-1 median latency, on the build machine or on `target`
+    "size_mb",  # the artifact's files, MB
+]
+Goal = Literal["threshold", "max_degradation", "percent_max_degradation"]
+RATIO_METRICS = ("ser", "fmr_max_geomean", "fnmr_max_geomean")  # 1 when every group is equal
+TARGET_METRICS = ("accuracy", "group_accuracy", "latency_ms")  # what a target's report measures
+
+
+@dataclass
+class GoalSpec:
+    """One goal-based gate, in the vocabulary of Microsoft Olive: a metric, the artifacts it is read on and one goal.
+
+    Exactly one of ``threshold`` (the value itself), ``max_degradation`` (how much worse than the artifact it is
+    compared with, in the metric's unit) or ``percent_max_degradation`` (the same in percent of that artifact's
+    value) is set. Which way is worse comes from the metric (accuracy down, latency up).
+    """
+
+    metric: GoalMetric
+    # shipped (every released file), all (the torch student too), int8 / fp16 / fp32 (by precision), or one
+    # artifact's name
+    artifacts: str = field(default="shipped", metadata=matching(r"[A-Za-z0-9_.-]+", "an artifact selector"))
+    # a deploy target's name (from deploy.targets): the metric as that target measured it (latency_ms, accuracy,
+    # group_accuracy); null: the build machine's validate stage
+    target: str | None = None
+    # the operating point of tar_at_far, fmr_* and fnmr_*: 1e-3 or 1e-4 (what the validate stage measures)
+    at_fmr: float = field(default=1e-3, metadata=between(gt=0, lt=1))
+    threshold: float | None = None
+    max_degradation: float | None = field(default=None, metadata=between(ge=0))
+    percent_max_degradation: float | None = field(default=None, metadata=between(ge=0, le=100))
+    # what a degradation is measured against: parent (the artifact each one derives from: INT8 vs its FP32) or an
+    # artifact's name (teacher: the student against its teacher)
+    against: str = field(default="parent", metadata=matching(r"[A-Za-z0-9_.-]+", "parent or an artifact's name"))
+    # null: confidence where the metric is measured with an interval, point where it is not (cosine, size)
+    mode: GateMode | None = None
+    unresolvable: Literal["pass", "fail"] | None = None  # confidence mode only (null: fail)
+
+    @property
+    def goal(self) -> Goal:
+        """Which goal is set (``check`` has made sure it is exactly one)."""
+        return next(g for g in typing.get_args(Goal) if getattr(self, g) is not None)
+
+    @property
+    def limit(self) -> float:
+        """The set goal's value."""
+        return float(getattr(self, self.goal))
+
+    def check(self, fail: Callable[[str, str], None]) -> None:
+        """Exactly one goal; an operating point the validate stage measures; unresolvable only with confidence."""
+        goals = [g for g in typing.get_args(Goal) if getattr(self, g) is not None]
+        if len(goals) != 1:
+            fail(
+                "",
+                f"sets {' and '.join(goals) or 'no goal'} (expected exactly one of {', '.join(typing.get_args(Goal))})",
+            )
+        if self.at_fmr not in (1e-3, 1e-4):
+            fail("at_fmr", f"got {self.at_fmr!r} (expected 1e-3 or 1e-4: the operating points the validate stage sets)")
+        if self.mode == "point" and self.unresolvable is not None:
+            fail("unresolvable", "only applies with mode 'confidence' (a point gate always decides; remove it)")
+        if self.against != "parent" and self.threshold is not None:
+            fail("against", "only applies to max_degradation and percent_max_degradation (remove it)")
+        if self.target is not None and self.metric not in TARGET_METRICS:
+            fail(
+                "target",
+                f"metric {self.metric!r} is not measured on targets (expected one of {', '.join(TARGET_METRICS)})",
+            )
+        if self.threshold is not None:
+            if self.metric in RATIO_METRICS and self.threshold < 1:
+                fail(
+                    "threshold", f"got {self.threshold!r} (expected a number >= 1: {self.metric} is a ratio, 1 = equal)"
+                )
+            elif self.metric in ("latency_ms", "size_mb") and self.threshold <= 0:
+                fail("threshold", f"got {self.threshold!r} (expected a number > 0)")
+            elif self.metric not in RATIO_METRICS + ("latency_ms", "size_mb") and not 0 <= self.threshold <= 1:
+                fail("threshold", f"got {self.threshold!r} (expected a fraction in [0, 1]: 0.9 = 90 %)")
+
+
 @dataclass
 class GatesConfig:
     """Release gates; ``null`` leaves a gate out. Accuracies are fractions (0.9 = 90 %).
 
-    Each gate is a bare number, its limit checked against the point estimate (``mode: point``), or a
-    :class:`GateSpec` mapping that can check the measurement's confidence interval instead.
+    The named gates below are shorthands for the most used goals. Each is a bare number, its limit checked against
+    the point estimate (``mode: point``), or a :class:`GateSpec` mapping that can check the measurement's confidence
+    interval instead. ``goals`` adds any other: a metric, the artifacts (or a target) it is read on, and a threshold
+    or a maximum degradation from the artifact each derives from.
     """
 
     # mean of the per-group accuracies, every artifact
@@ -475,6 +572,10 @@ class GatesConfig:
     min_int8_p1_cosine: float | GateSpec | None = field(default=None, metadata=_FRACTION)
     # batch-1 median, every exported artifact
     max_latency_ms: float | LatencyGateSpec | None = field(default=50.0, metadata=between(gt=0))
+    # more gates, each a goal: {metric: fmr_max, at_fmr: 1e-3, threshold: 0.002} or {metric: latency_ms,
+    # target: local-cpu-openvino, artifacts: int8, threshold: 5} or {metric: accuracy, artifacts: torch_fp32,
+    # against: teacher, max_degradation: 0.05}
+    goals: list[GoalSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -486,11 +587,35 @@ class DeployConfig:
 
 
 @dataclass
-class ReleaseConfig:
-    """The release bundle."""
+class LicenceSpec:
+    """The licence of one input the user supplied, as the user declares it (the factory cannot read it off a file)."""
 
-    version: str = "0.1.0"
+    licence: str = field(metadata=matching(r"\S.*", "the licence's name or SPDX id, e.g. MIT or CC-BY-NC-4.0"))
+    commercial: bool  # whether its terms allow commercial use
+    url: str = ""  # where the terms are
+
+
+@dataclass
+class ReleaseConfig:
+    """The release bundle: a versioned directory and its tarball (:mod:`factory.release.stage`)."""
+
+    # part of the bundle's directory name, <name>-<version>
+    version: str = field(default="0.1.0", metadata=matching(r"[A-Za-z0-9][A-Za-z0-9._+-]*", "a version like 1.2.0"))
     description: str = ""
+    # the released model's own licence, as the model card's front matter states it ("other" when it is not one of
+    # Hugging Face's identifiers)
+    licence: str = "other"
+    # what the model is for, in the model card; empty: the card's default (1:1 verification on the targets below)
+    intended_use: str = ""
+    # the model is meant for commercial use: every input the user supplied must have a licence that allows it
+    # (declared below); an input declared non-commercial, or not declared at all, is refused by `factory check`
+    commercial_use: bool = False
+    # the licence of each input the user supplied, by its recipe key (teacher.checkpoint, data.benchmark,
+    # data.sources.0.path, ...); a key also covers the inputs under it (teacher.checkpoints)
+    licences: dict[str, LicenceSpec] = field(default_factory=dict)
+    # an ed25519 private key (PEM, PKCS#8, unencrypted) the manifest is signed with (manifest.sig); `factory release
+    # verify DIR --public-key K` checks it. null: not signed
+    signing_key: str | None = field(default=None, metadata={"path": True, "licensed": False})
 
 
 @dataclass

@@ -1,19 +1,30 @@
-"""The release stage: when every gate passes, a self-describing bundle a deployer can verify and run.
+"""The release stage: when every gate passes, a self-describing, versioned bundle a deployer can verify and run.
 
-The bundle holds every shipped artifact of the build (ONNX FP32, OpenVINO FP32 and INT8 IRs today: whatever the
-stages recorded with a golden tolerance) under the file names their stages gave them, and::
+The stage directory holds the bundle ``<name>-<version>/`` (what ``<run_dir>/release`` names) and its tarball
+``<name>-<version>.tar.gz``. The bundle holds every shipped artifact of the build under the file names their stages
+gave them, and::
 
     golden_input.png / .npy           one aligned face, and exactly what the models are fed for it
+    targets/<target>/                 the on-target runner bundle each deploy target ran (run_target.py, the
+                                      runtime layer, its artifacts, benchmark faces, golden vectors)
+    pair_distances.npz                every artifact's distance on every benchmark pair (``factory compare``)
+    benchmark_labels.npz              the benchmark's pair labels, groups and subjects (no images)
     recipe.resolved.yaml              the recipe after extends and overrides
     fairness.png                      per-group accuracy of every artifact
     ledger.png, fmr_heatmap.png       accuracy by group and stage; impostor FMR by group pair
     report.md                         readable summary: accuracy and fairness table, gates, parity, lineage
-    manifest.json                     schema factory.release/2 (:mod:`factory.runtime.manifest`)
+    MODEL_CARD.md                     the Hugging Face card shape (:mod:`factory.release.model_card`)
+    manifest.json                     schema factory.release/3 (:mod:`factory.runtime.manifest`)
+    manifest.sig                      ed25519 signature of manifest.json, when release.signing_key is set
+
+The manifest lists the sha256 of every other file; its own sha256 is printed at release (a bundle cannot hold the
+hash of the manifest that lists it) and checked by ``factory release verify --manifest-sha256``.
 """
 
 from __future__ import annotations
 
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +37,24 @@ from factory.deploy.report import targets_table
 from factory.evaluate.ledger import build_ledger, format_ledger
 from factory.evaluate.operational import report_lines
 from factory.evaluate.plots import accuracy_by_stage, fmr_heatmap
+from factory.evaluate.stage import DISTANCES_FILE
 from factory.evaluate.tables import accuracy_table, artifact_order, comparison_table, latency_table
 from factory.export.parity import format_group_drift
-from factory.files import atomic_path, sha256_tree, write_json, write_text
+from factory.files import atomic_path, sha256_file, sha256_tree, write_json, write_text
 from factory.pipeline.stage import BuiltArtifact, GateFailure, Stage, StageContext, StageResult
+from factory.recipe.inputs import licence_record, supplied_inputs
 from factory.release.gates import GateResult, evaluate_gates, failure_message, format_gate_table, gate_summary
+from factory.release.model_card import render_model_card
 from factory.release.provenance import git_commit, package_versions
+from factory.release.thresholds import operating_thresholds
 from factory.runtime.artifacts import open_runner
-from factory.runtime.manifest import MANIFEST_FILE, MANIFEST_FORMAT
+from factory.runtime.manifest import LABELS_FILE, MANIFEST_FILE, MANIFEST_FORMAT
 from factory.runtime.preprocess import to_model_input_numpy
+from factory.runtime.signing import SIGNATURE_FILE, sign, signer_fingerprint
 
 
 def make_release(ctx: StageContext) -> StageResult:
-    """Check the gates; if all pass, write the bundle into the stage directory.
+    """Check the gates; if all pass, write the bundle and its tarball into the stage directory.
 
     Raises:
         GateFailure: one or more gates failed; nothing is written.
@@ -46,27 +62,30 @@ def make_release(ctx: StageContext) -> StageResult:
     recipe, release = ctx.recipe, ctx.config["release"]
     validation = ctx.inputs["validate"].metrics
     built = ctx.artifacts()
-    rows = evaluate_gates(ctx.config["gates"], validation, [b.artifact for b in built])
-    # Every target passed in the deploy stage (a failure stops the build there); its rows join the table.
+    sizes = {b.name: sum((b.root / f).stat().st_size for f in b.artifact.files) for b in built}
     targets = ctx.inputs["deploy"].metrics["targets"]
+    rows = evaluate_gates(ctx.config["gates"], validation, [b.artifact for b in built], targets, sizes)
+    # Every target passed in the deploy stage (a failure stops the build there); its rows join the table.
     rows += [GateResult(**row) for result in targets.values() for row in result["rows"]]
     if not all(r.passed for r in rows):
         raise GateFailure(failure_message(rows), [r.to_dict() for r in rows], validation)
 
-    out = ctx.work_dir
+    bundle = f"{ctx.config['name']}-{release.version}"
+    out = ctx.work_dir / bundle
+    out.mkdir()
     shipped = [b for b in built if b.artifact.shipped]
     for b in shipped:
         for name in b.artifact.files:
-            with atomic_path(out / name) as tmp:
-                shutil.copyfile(b.root / name, tmp)
+            _copy(b.root / name, out / name)
     golden, contract = _write_golden(ctx, out, shipped)
-    _plot_fairness(validation, out / "fairness.png")
-    heatmap = _heatmap_artifact(validation, shipped)
-    if heatmap is not None:
-        cross = validation["artifacts"][heatmap]["evaluation"]["cross_group_fmr"]
-        fmr_heatmap(cross, validation["groups"], out / "fmr_heatmap.png", f"{heatmap}: impostor FMR by group pair")
+    for name, t in targets.items():  # the runner bundle each target ran, as it ran it
+        _copy_tree(ctx.inputs["deploy"].dir / t["bundle"], out / "targets" / name)
+    _copy(ctx.inputs["validate"].path(DISTANCES_FILE), out / DISTANCES_FILE)
+    benchmark = ctx.inputs["data"].path(BENCHMARK_FILE)
+    PairBenchmark.save_labels(benchmark, out / LABELS_FILE)
+    thresholds = operating_thresholds(out / DISTANCES_FILE, benchmark, [b.name for b in shipped])
+    plots = _write_plots(validation, shipped, out)
     ledger = build_ledger(validation)
-    accuracy_by_stage({r["stage"]: r["accuracy"] for r in ledger}, validation["groups"], out / "ledger.png")
     lineage = {
         "recipe": recipe.to_dict(),
         "code": git_commit(),
@@ -75,9 +94,13 @@ def make_release(ctx: StageContext) -> StageResult:
         "world_seed": recipe.data.world.seed,
         "stages": {name: {"key": o.key, "files": o.files} for name, o in ctx.inputs.items()},
     }
-    report = _report(ctx.config["name"], release.version, ctx, built, rows, lineage, heatmap is not None)
+    licences = licence_record(recipe)
+    report = _report(ctx.config["name"], release.version, ctx, built, rows, lineage, "fmr_heatmap.png" in plots)
     write_text(out / "report.md", report)
-    write_text(out / "recipe.resolved.yaml", recipe.to_yaml())  # the pipeline rewrites the same bytes
+    write_text(out / "recipe.resolved.yaml", recipe.to_yaml())
+    card = _card_facts(ctx, shipped, sizes, thresholds, licences, gate_summary([r.to_dict() for r in rows]), plots)
+    write_text(out / "MODEL_CARD.md", render_model_card(card))
+    signed_by = None if release.signing_key is None else signer_fingerprint(release.signing_key)
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": ctx.config["name"],
@@ -89,22 +112,168 @@ def make_release(ctx: StageContext) -> StageResult:
         # Measured but not shipped (the teacher, the torch student): what the shipped artifacts are compared with.
         "reference": {b.name: validation["artifacts"][b.name] for b in built if not b.artifact.shipped},
         "comparisons": validation.get("comparisons", {}),
+        "benchmark": {
+            "sha256": sha256_file(benchmark),
+            "pairs": validation["pairs"],
+            "groups": validation["groups"],
+            "distances": DISTANCES_FILE,
+            "labels": LABELS_FILE,
+        },
+        "thresholds": thresholds,
         "gates": [r.to_dict() for r in rows],
-        # What each deploy target measured with its bundle's runner (deploy stage): environment, accuracy, latency.
-        "targets": {name: {k: v for k, v in t.items() if k != "rows"} for name, t in targets.items()},
+        # What each deploy target measured with its bundle's runner (deploy stage), and where that bundle is here.
+        "targets": {
+            name: {**{k: v for k, v in t.items() if k not in ("rows", "bundle", "report")}, "bundle": f"targets/{name}"}
+            for name, t in targets.items()
+        },
         "fairness_ledger": ledger,
         "golden": golden,
+        "licences": licences,
+        "signature": None
+        if signed_by is None
+        else {"algorithm": "ed25519", "file": SIGNATURE_FILE, "key_sha256": signed_by},
         "lineage": lineage,
     }
     write_json(out / MANIFEST_FILE, manifest)
-    return StageResult({"gates": [r.to_dict() for r in rows], "version": release.version})
+    if release.signing_key is not None:
+        write_text(out / SIGNATURE_FILE, sign((out / MANIFEST_FILE).read_bytes(), release.signing_key) + "\n")
+    tarball = ctx.work_dir / f"{bundle}.tar.gz"
+    _write_tarball(out, tarball)
+    return StageResult(
+        {
+            "gates": [r.to_dict() for r in rows],
+            "version": release.version,
+            "published": bundle,  # the pipeline points <run_dir>/release here
+            "manifest_sha256": sha256_file(out / MANIFEST_FILE),
+            "signed": signed_by is not None,
+            "tarball": tarball.name,
+            "tarball_sha256": sha256_file(tarball),
+        }
+    )
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            _copy(path, target / path.relative_to(source))
+
+
+def _write_tarball(bundle: Path, path: Path) -> None:
+    """``<name>-<version>.tar.gz`` of the bundle directory, the same bytes for the same files.
+
+    Sorted members, no owners and one fixed time: two releases of the same files are the same tarball.
+    """
+
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    import gzip
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as zipped:
+            with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.add(bundle, arcname=bundle.name, recursive=False, filter=normalise)
+                for member in sorted(bundle.rglob("*")):
+                    tar.add(
+                        member,
+                        arcname=f"{bundle.name}/{member.relative_to(bundle).as_posix()}",
+                        recursive=False,
+                        filter=normalise,
+                    )
+
+
+def _write_plots(validation: dict[str, Any], shipped: list[BuiltArtifact], out: Path) -> list[str]:
+    """fairness.png, ledger.png and (where cross-group impostors were measured) fmr_heatmap.png; their names."""
+    _plot_fairness(validation, out / "fairness.png")
+    plots = ["fairness.png"]
+    heatmap = _heatmap_artifact(validation, shipped)
+    if heatmap is not None:
+        cross = validation["artifacts"][heatmap]["evaluation"]["cross_group_fmr"]
+        fmr_heatmap(cross, validation["groups"], out / "fmr_heatmap.png", f"{heatmap}: impostor FMR by group pair")
+        plots.append("fmr_heatmap.png")
+    ledger = build_ledger(validation)
+    accuracy_by_stage({r["stage"]: r["accuracy"] for r in ledger}, validation["groups"], out / "ledger.png")
+    return [*plots, "ledger.png"]
+
+
+def _card_facts(
+    ctx: StageContext,
+    shipped: list[BuiltArtifact],
+    sizes: dict[str, int],
+    thresholds: dict[str, Any],
+    licences: dict[str, Any],
+    gates: str,
+    plots: list[str],
+) -> dict[str, Any]:
+    """What the model card says, gathered from the stages (:func:`factory.release.model_card.render_model_card`)."""
+    recipe, release = ctx.recipe, ctx.config["release"]
+    validation, distill = ctx.inputs["validate"].metrics, ctx.inputs["distill"].metrics
+    supplied = supplied_inputs(recipe)
+    faces = [k for k in supplied if k.startswith(("data.", "teacher.", "distill."))]
+    deploy = ctx.inputs["deploy"].metrics["targets"]
+    benchmark = "procedural benchmark of the built-in world" if recipe.data.benchmark is None else recipe.data.benchmark
+    return {
+        "name": ctx.config["name"],
+        "version": release.version,
+        "description": release.description,
+        "intended_use": release.intended_use,
+        "licence": release.licence,
+        "student": distill["student"],
+        "params": distill["params"],
+        "teachers": _teachers(distill),
+        "teacher_lineage": _teacher_lineage(ctx.inputs["teacher"].metrics).removeprefix("- "),
+        "steps": distill["steps"],
+        "data": distill.get("data", "online procedural faces"),
+        "procedural": not faces,
+        "benchmark": f"{benchmark}: {validation['pairs']} pairs",
+        "groups": validation["groups"],
+        "artifacts": {
+            b.name: {
+                "runtime": b.artifact.runtime,
+                "precision": b.artifact.precision,
+                "files": list(b.artifact.files),
+                "size_mb": sizes[b.name] / 1e6,
+            }
+            for b in shipped
+        },
+        "validation": validation,
+        "thresholds": thresholds,
+        "targets": {
+            name: {
+                "runtime": t["runtime"],
+                "artifacts": {
+                    a: {
+                        "accuracy_mean": m.get("accuracy_mean"),
+                        "latency_ms": ((m.get("latency_by_batch") or {}).get("1") or {}).get("median_ms"),
+                    }
+                    for a, m in t["artifacts"].items()
+                    if "error" not in m
+                },
+            }
+            for name, t in deploy.items()
+        },
+        "licences": licences,
+        "gates": gates,
+        "plots": plots,
+    }
 
 
 def _write_golden(ctx: StageContext, out: Path, shipped: list[BuiltArtifact]) -> tuple[dict[str, Any], dict[str, Any]]:
     """One benchmark face as PNG, its model input as .npy, and every shipped artifact's embedding of it."""
     from PIL import Image
 
-    face = PairBenchmark.load(ctx.inputs["data"].path(BENCHMARK_FILE)).images[:1]
+    with np.load(ctx.inputs["data"].path(BENCHMARK_FILE), allow_pickle=False) as data:
+        face = data["images"][:1]  # the first face only (the benchmark is read whole by the validate stage)
     with atomic_path(out / "golden_input.png") as tmp:
         Image.fromarray(face[0].transpose(1, 2, 0)).save(tmp, format="PNG")
     # The copies in the bundle are what is run: the golden vectors describe exactly the shipped files.
@@ -210,9 +379,9 @@ def _targets_section(targets: dict[str, Any]) -> list[str]:
     return [
         "## Targets",
         "",
-        "Each target ran its bundle (`targets/<name>` of the deploy stage: the shipped files, the runtime layer, ",
-        "benchmark faces, golden vectors) with nothing but numpy and its runtime; acc % is per-group accuracy at the",
-        "bundle's threshold on the bundle's faces there, build % the same on this machine.",
+        "Each target ran its bundle (shipped here in `targets/<name>`: the artifacts, the runtime layer, benchmark",
+        "faces, golden vectors, `run_target.py`) with nothing but numpy and its runtime; acc % is per-group accuracy",
+        "at the bundle's threshold on the bundle's faces there, build % the same on this machine.",
         "",
         *where,
         "",
@@ -303,9 +472,11 @@ def _report(
         f"- seed {lineage['seed']}, world seed {lineage['world_seed']}",
         _teacher_lineage(teacher),
         "",
-        "Verify: `factory release verify DIR` (or `python deploy/verify_release.py DIR` on the target) checks every "
-        "file's sha256 in `manifest.json` and runs `golden_input.npy` through each artifact: its embedding must match "
-        "`golden.embeddings` (cosine at least the artifact's `golden_min_cosine`).",
+        "Verify: `factory release verify DIR [--public-key KEY] [--manifest-sha256 HASH]` (or `python "
+        "deploy/verify_release.py DIR` on the target) checks every file's sha256 in `manifest.json`, refuses files it "
+        "does not list, checks the signature `manifest.sig` and the manifest's own sha256 (printed by the build: a "
+        "bundle cannot hold the hash of the manifest that lists it), and runs `golden_input.npy` through each "
+        "artifact: its embedding must match `golden.embeddings` (cosine at least the artifact's `golden_min_cosine`).",
         "",
     ]
     return "\n".join(lines)
@@ -341,6 +512,9 @@ STAGE = Stage(
     needs=("data", "teacher", "distill", "export", "compress", "validate", "deploy"),
     config=lambda r: {"gates": r.gates, "release": r.release, "name": r.name},
     run=make_release,
-    summary=lambda m: f"{gate_summary(m['gates'])}, version {m['version']}",
+    summary=lambda m: (
+        f"{gate_summary(m['gates'])}, version {m['version']}"
+        + (f", manifest sha256 {m['manifest_sha256'][:12]}" if "manifest_sha256" in m else "")
+    ),
     publishes=True,
 )

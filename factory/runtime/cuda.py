@@ -25,10 +25,15 @@ _SEARCH_DIRS = ("/usr/local/cuda/lib64", "/usr/local/cuda/targets/aarch64-linux/
 def cudart_candidates() -> list[str]:
     """Where ``libcudart`` is looked for: ``FACTORY_CUDART``, the pip wheel, the loader's path, CUDA's dirs."""
     candidates = [os.environ["FACTORY_CUDART"]] if os.environ.get("FACTORY_CUDART") else []
-    for entry in sys.path:  # the nvidia-cuda-runtime-cu1x wheels put it in site-packages/nvidia/cuda_runtime/lib
-        lib = Path(entry or ".") / "nvidia" / "cuda_runtime" / "lib"
-        if lib.is_dir():
-            candidates += sorted(str(p) for p in lib.glob("libcudart.so*"))
+    # pip wheels: nvidia-cuda-runtime-cu12 puts it in site-packages/nvidia/cuda_runtime/lib, the CUDA 13 wheels
+    # (torch's own dependency) in site-packages/nvidia/cu13/lib
+    for entry in sys.path:
+        for lib in (
+            Path(entry or ".") / "nvidia" / "cuda_runtime" / "lib",
+            Path(entry or ".") / "nvidia" / "cu13" / "lib",
+        ):
+            if lib.is_dir():
+                candidates += sorted(str(p) for p in lib.glob("libcudart.so*"))
     found = ctypes.util.find_library("cudart")
     candidates += [found] if found else []
     candidates += list(_SONAMES)
@@ -52,7 +57,8 @@ class CudaRuntime:
         if self.lib is None:
             raise ImportError(
                 "the CUDA runtime library (libcudart) was not found; tried " + ", ".join(tried) + ". Install "
-                "nvidia-cuda-runtime-cu12 or the CUDA toolkit, or set FACTORY_CUDART to the library's path"
+                "nvidia-cuda-runtime-cu12 (or the CUDA 13 runtime wheel) or the CUDA toolkit, or set FACTORY_CUDART to "
+                "the library's path"
             )
         lib = self.lib
         pointer, size = ctypes.c_void_p, ctypes.c_size_t

@@ -1,25 +1,37 @@
-"""The release manifest: what a release bundle holds and how a target checks it (schema ``factory.release/2``).
+"""The release manifest: what a release bundle holds and how a target checks it (schema ``factory.release/3``).
 
-A release directory holds its model files, the golden input and ``manifest.json``::
+A release directory holds its model files, the golden input, the target bundles and ``manifest.json``::
 
     {
-      "format": "factory.release/2",
+      "format": "factory.release/3",
       "name": str,                      # recipe name
-      "version": str,
+      "version": str,                   # the bundle is the directory <name>-<version>
       "description": str,
-      "files": {relative_path: sha256_hex},   # every file of the bundle except manifest.json
-      "contract": ModelContract.to_dict(),    # the student's contract, shared by every shipped artifact
+      "files": {relative_path: sha256_hex},   # every file of the bundle except manifest.json and manifest.sig;
+                                        # a file present but not listed here fails verification
+      "contract": ModelContract.to_dict(),    # the input contract, shared by every shipped artifact
       "artifacts": {name: {**Artifact.to_dict(), "metrics": {...}}},   # shipped artifacts only
-      "reference": {...},               # the teacher's measurements, for comparison only
+      "reference": {...},               # the teacher's and the torch student's measurements, for comparison only
       "comparisons": {...},             # each artifact against its parent on the same pairs (paired intervals,
-                                        # McNemar per group); optional, absent in releases made before it
-      "gates": [...],                   # every release gate and its outcome
+                                        # McNemar per group)
+      "benchmark": {"sha256": str, "pairs": int, "groups": [str], "distances": "pair_distances.npz",
+                    "labels": "benchmark_labels.npz"},   # sha256 of the data stage's benchmark.npz; its labels
+      "thresholds": {                   # operating thresholds on the cosine similarity of two embeddings
+        "score": str,
+        "artifacts": {name: {"1e-03": {"threshold": float, "supported": bool, "unsupported": str?,
+                                       "groups": {group: {...the same...}}}, "1e-04": {...}}}
+      },
+      "gates": [GateResult.to_dict()],  # every release gate (artifact x target x gate) and its outcome: all passed
+      "targets": {name: {...}},         # what each deploy target measured; "bundle": its runner bundle here
       "fairness_ledger": [...],
       "golden": {
         "input": "golden_input.npy",    # preprocessed float32 1×3×H×W
         "image": "golden_input.png",    # the aligned face it was made from
         "embeddings": {artifact_name: [floats]}   # the build machine's embedding of the golden input
       },
+      "licences": {"commercial_use": bool, "model_licence": str,
+                   "inputs": {recipe_key: {"path": str, "licence": {"licence", "commercial", "url"} | null}}},
+      "signature": null | {"algorithm": "ed25519", "file": "manifest.sig", "key_sha256": str},
       "lineage": {...}                  # where data, teacher and code came from
     }
 
@@ -37,7 +49,8 @@ from factory.files import read_json
 from factory.runtime.artifacts import Artifact
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "factory.release/2"
+LABELS_FILE = "benchmark_labels.npz"  # the benchmark's pair labels, groups and subjects (no images)
+MANIFEST_FORMAT = "factory.release/3"
 
 # key -> the JSON type it must have
 REQUIRED_KEYS: dict[str, type] = {
@@ -49,9 +62,13 @@ REQUIRED_KEYS: dict[str, type] = {
     "contract": dict,
     "artifacts": dict,
     "reference": dict,
+    "benchmark": dict,
+    "thresholds": dict,
     "gates": list,
+    "targets": dict,
     "fairness_ledger": list,
     "golden": dict,
+    "licences": dict,
     "lineage": dict,
 }
 GOLDEN_KEYS: dict[str, type] = {"input": str, "image": str, "embeddings": dict}
@@ -59,7 +76,7 @@ _JSON_TYPES = {str: "a string", dict: "an object", list: "a list"}
 
 
 class ManifestError(ValueError):
-    """A release manifest that is not a ``factory.release/2`` manifest, or is incomplete."""
+    """A release manifest that is not a ``factory.release/3`` manifest, or is incomplete."""
 
 
 def read_manifest(release_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,9 +104,15 @@ def read_manifest(release_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{path}: format is {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        raise ManifestError(
+            f"{path}: format is {manifest.get('format')!r}, a schema this verifier does not know (expected "
+            f"{MANIFEST_FORMAT!r}; a release of another factory version is verified by that version)"
+        )
     _check_keys(path, "", manifest, REQUIRED_KEYS)
     _check_keys(path, "golden.", manifest["golden"], GOLDEN_KEYS)
+    signature = manifest.get("signature")
+    if signature is not None and not (isinstance(signature, dict) and isinstance(signature.get("file"), str)):
+        raise ManifestError(f"{path}: signature is {signature!r}, expected null or an object naming its file")
     artifacts = manifest_artifacts(manifest, path)
     for name in manifest["golden"]["embeddings"]:
         if name not in artifacts or not artifacts[name].shipped:
