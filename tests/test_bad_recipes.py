@@ -452,9 +452,12 @@ CASES = [
     # Licences of the inputs the user supplies, and intended commercial use
     Case(
         "licence-of-no-input",
-        recipe("release:\n  licences:\n    teacher.checkpoint: {licence: MIT, commercial: true}\n"),
+        recipe("release:\n  licences:\n    teacher.chekpoint: {licence: MIT, commercial: true}\n"),
         EXIT_INPUT,
-        ["r.yaml:3: release.licences.teacher.checkpoint: not an input of this recipe (its inputs: none"],
+        [
+            "r.yaml:3: release.licences.teacher.chekpoint: not an input this recipe can take (its inputs: "
+            "data.benchmark,"
+        ],
         max_lines=1,
     ),
     Case(

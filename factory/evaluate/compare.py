@@ -3,9 +3,10 @@
 Each side is read from what a build leaves behind, never re-measured:
 
 - a **release directory** (``manifest.json``): ``artifacts.<name>.metrics`` and ``reference.<name>`` hold the
-  validate stage's entry of every artifact, ``targets`` what each deploy target measured, ``benchmark.sha256`` (or,
-  in older releases, ``lineage.stages.data.files``) the benchmark it was validated on, and ``pair_distances.npz``
-  the distance of every benchmark pair per artifact. A release that sits in its run directory
+  validate stage's entry of every artifact, ``targets`` what each deploy target measured, ``benchmark.sha256`` the
+  benchmark it was validated on, ``pair_distances.npz`` the distance of every benchmark pair per artifact and
+  ``benchmark_labels.npz`` the benchmark's labels (listed in the manifest, so vouched for by it). A release that
+  lacks a file and sits in its run directory
   (``runs/NAME/stages/release/KEY``) also finds what it lacks in the stages its lineage names: the validate stage's
   ``pair_distances.npz`` (checked against the sha256 the lineage recorded) and the data stage's ``benchmark.npz``;
 - a **run directory** (``runs/NAME``): its ``release`` link's bundle, as above; without one, its newest finished
@@ -18,8 +19,8 @@ an artifact, the two are also compared **pair by pair**, exactly as the validate
 parent (:func:`~factory.evaluate.benchmark_eval.compare_results`): the 10-fold protocol is re-run on each side's
 distances with one shared set of subject draws (side A's bootstrap settings), giving a paired interval of every
 change and McNemar's exact p-value per group on the pair decisions. That needs the benchmark's labels (genuine or
-impostor, group and subject of every pair), which only ``benchmark.npz`` holds: a run directory has it, a release
-directory only when it sits in its run directory, else ``labels=`` names one (checked against the sha256). When no
+impostor, group and subject of every pair): a release ships them, a run directory has its data stage's
+``benchmark.npz``, else ``labels=`` names one (checked against the sha256). When no
 paired test is possible the result says why (different benchmarks, a side without pair distances, no labels), in
 the JSON and in the text: never a silent omission.
 """

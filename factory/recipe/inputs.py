@@ -21,7 +21,17 @@ def supplied_inputs(recipe: Recipe) -> dict[str, str]:
     group mapping the user writes, a signing key). A field holding several paths gives one key each
     (``teacher.checkpoints.alpha``).
     """
+    return _walk(recipe)[0]
+
+
+def input_fields(recipe: Recipe) -> list[str]:
+    """The keys of every licensed path field of the recipe's sections, set or not (``teacher.checkpoints``)."""
+    return _walk(recipe)[1]
+
+
+def _walk(recipe: Recipe) -> tuple[dict[str, str], list[str]]:
     found: dict[str, str] = {}
+    fields: list[str] = []
 
     def walk(obj: Any, prefix: str) -> None:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -29,6 +39,7 @@ def supplied_inputs(recipe: Recipe) -> dict[str, str]:
                 value, key = getattr(obj, f.name), prefix + f.name
                 if f.metadata.get("path"):
                     if f.metadata.get("licensed", True):
+                        fields.append(key)
                         found.update(_paths(value, key))
                 else:
                     walk(value, key + ".")
@@ -40,7 +51,7 @@ def supplied_inputs(recipe: Recipe) -> dict[str, str]:
                 walk(item, f"{prefix}{name}.")
 
     walk(recipe, "")
-    return found
+    return found, fields
 
 
 def _paths(value: Any, key: str) -> dict[str, str]:
@@ -68,10 +79,13 @@ def licence_problems(recipe: Recipe) -> list[tuple[str, str]]:
     inputs = supplied_inputs(recipe)
     licences = recipe.release.licences
     problems = []
+    # A declaration may name an input the recipe leaves unset (an override switched it off), not a key it cannot
+    # hold: that is a typo, and the input it meant would go undeclared.
+    keys = [*input_fields(recipe), *inputs]
     for key in licences:
-        if not any(k == key or k.startswith(key + ".") for k in inputs):
-            known = ", ".join(inputs) or "none: this recipe supplies no files"
-            problems.append((f"release.licences.{key}", f"not an input of this recipe (its inputs: {known})"))
+        if not any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in keys):
+            known = ", ".join(dict.fromkeys(keys)) or "none"
+            problems.append((f"release.licences.{key}", f"not an input this recipe can take (its inputs: {known})"))
     if recipe.release.commercial_use:
         undeclared = []
         for key in inputs:
