@@ -23,6 +23,7 @@ hash of the manifest that lists it) and checked by ``factory release verify --ma
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import tarfile
 from pathlib import Path
@@ -84,8 +85,8 @@ def make_release(ctx: StageContext) -> StageResult:
     benchmark = ctx.inputs["data"].path(BENCHMARK_FILE)
     PairBenchmark.save_labels(benchmark, out / LABELS_FILE)
     thresholds = operating_thresholds(out / DISTANCES_FILE, benchmark, [b.name for b in shipped])
-    plots = _write_plots(validation, shipped, out)
     ledger = build_ledger(validation)
+    plots = _write_plots(validation, shipped, ledger, out)
     lineage = {
         "recipe": recipe.to_dict(),
         "code": git_commit(),
@@ -177,8 +178,6 @@ def _write_tarball(bundle: Path, path: Path) -> None:
         info.mode = 0o755 if info.isdir() else 0o644
         return info
 
-    import gzip
-
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as zipped:
             with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -192,7 +191,9 @@ def _write_tarball(bundle: Path, path: Path) -> None:
                     )
 
 
-def _write_plots(validation: dict[str, Any], shipped: list[BuiltArtifact], out: Path) -> list[str]:
+def _write_plots(
+    validation: dict[str, Any], shipped: list[BuiltArtifact], ledger: list[dict[str, Any]], out: Path
+) -> list[str]:
     """fairness.png, ledger.png and (where cross-group impostors were measured) fmr_heatmap.png; their names."""
     _plot_fairness(validation, out / "fairness.png")
     plots = ["fairness.png"]
@@ -201,7 +202,6 @@ def _write_plots(validation: dict[str, Any], shipped: list[BuiltArtifact], out: 
         cross = validation["artifacts"][heatmap]["evaluation"]["cross_group_fmr"]
         fmr_heatmap(cross, validation["groups"], out / "fmr_heatmap.png", f"{heatmap}: impostor FMR by group pair")
         plots.append("fmr_heatmap.png")
-    ledger = build_ledger(validation)
     accuracy_by_stage({r["stage"]: r["accuracy"] for r in ledger}, validation["groups"], out / "ledger.png")
     return [*plots, "ledger.png"]
 
