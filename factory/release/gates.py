@@ -543,10 +543,10 @@ def _against(goal: ConfiguredGoal, record: Artifact) -> str | None:
 
 def _check_goal(goal: ConfiguredGoal, name: str, data: _Measurements) -> GateResult:
     """One row: the goal on one artifact (on the build machine or its target)."""
-    record = data.records[name]
+    record, mine = data.records[name], data.entry(name)
     target = goal.spec.target or ""
     reading = data.reading(goal, name)
-    level = _level((data.entry(name) or {}).get("evaluation", {}).get("uncertainty"))
+    level = _level((mine or {}).get("evaluation", {}).get("uncertainty"))
     if goal.pairwise:
         against = _against(goal, record)
         if against is None or (against not in data.metrics["artifacts"] and not target):
@@ -555,12 +555,12 @@ def _check_goal(goal: ConfiguredGoal, name: str, data: _Measurements) -> GateRes
         paired = (data.metrics.get("comparisons") or {}).get(name)
         # Only a comparison with the artifact the goal compares against is the degradation's interval.
         paired = paired if paired and paired.get("against") == against else None
-        mine, theirs = data.entry(name), data.entry(against)
+        theirs = data.entry(against)
         group_drop = None if target or mine is None or theirs is None else _group_point_drop(goal, mine, theirs)
         reading = _degradation(goal, reading, data.reading(goal, against), paired, group_drop)
         if paired is not None and goal.metric.paired_drop is not None and not target:
             level = _level(paired) or level
-    detail = goal.metric.detail(data.entry(name) or {}) if not target else ""
+    detail = goal.metric.detail(mine or {}) if not target else ""
     return _row(goal, name, reading, target, level, detail)
 
 

@@ -96,7 +96,7 @@ def make_release(ctx: StageContext) -> StageResult:
         "stages": {name: {"key": o.key, "files": o.files} for name, o in ctx.inputs.items()},
     }
     licences = licence_record(recipe)
-    report = _report(ctx.config["name"], release.version, ctx, built, rows, lineage, "fmr_heatmap.png" in plots)
+    report = _report(ctx.config["name"], release.version, ctx, built, rows, lineage, ledger, "fmr_heatmap.png" in plots)
     write_text(out / "report.md", report)
     write_text(out / "recipe.resolved.yaml", recipe.to_yaml())
     card = _card_facts(ctx, shipped, sizes, thresholds, licences, gate_summary([r.to_dict() for r in rows]), plots)
@@ -405,6 +405,7 @@ def _report(
     built: list[BuiltArtifact],
     rows: list[GateResult],
     lineage: dict[str, Any],
+    ledger: list[dict[str, Any]],
     heatmap: bool,
 ) -> str:
     validation = ctx.inputs["validate"].metrics
@@ -456,7 +457,7 @@ def _report(
         "",
         *report_lines(validation, "1e-03"),
         "",
-        format_ledger(build_ledger(validation), validation["groups"]),
+        format_ledger(ledger, validation["groups"]),
         "",
         "![accuracy by group and stage](ledger.png)",
         "",
