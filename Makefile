@@ -25,20 +25,14 @@ demo: $(BASE)
 # The venv and the package with its pinned dependencies, nothing run: the Docker images' install step.
 install: $(BASE)
 
-# One pytest process per test module: a single process that had loaded torch, NNCF, OpenVINO and ONNX Runtime
-# objects through ~170 tests was killed by SIGSEGV while waiting for a child process (three runs out of three, never
-# in a smaller set of modules); separate processes also keep memory flat. Exit 5 (all of a module deselected) is ok.
-define run_modules
-	@failed=""; for t in tests/test_*.py; do $(PY) -m pytest $(1) -q $$t; rc=$$?; \
-	  [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || failed="$$failed $$t"; done; \
-	if [ -n "$$failed" ]; then echo "FAILED modules:$$failed"; exit 1; fi
-endef
+# One pytest process per test module, TEST_JOBS modules at a time (tests/run_modules.py says why both).
+TEST_JOBS ?= 2
 
 test: $(DEV)
-	$(call run_modules,-m "not slow and not gpu and not tensorrt")
+	$(PY) tests/run_modules.py --jobs $(TEST_JOBS) -m "not slow and not gpu and not tensorrt"
 
 test-all: $(DEV)
-	$(call run_modules,)
+	$(PY) tests/run_modules.py --jobs $(TEST_JOBS)
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check factory tests benchmarks deploy
