@@ -135,7 +135,7 @@ def test_build_releases_exactly_the_bundle(first_build: tuple[Path, int, list[st
     assert {"fairness.png", "ledger.png", "fmr_heatmap.png"} <= set(re.findall(r"\(([a-z_]+\.png)\)", card))
     assert "trained and evaluated only on procedural faces" in card
     assert manifest["contract"]["input_size"] == [112, 112] and manifest["contract"]["embedding_dim"] == 512
-    assert set(manifest["artifacts"]) == {"onnx_fp32", "onnx_int8"}
+    assert set(manifest["artifacts"]) == {"onnx_fp32", "openvino_fp32", "openvino_int8", "onnx_int8"}
     assert manifest["artifacts"]["onnx_int8"]["derived_from"] == "onnx_fp32"
     assert all(g["passed"] for g in manifest["gates"])
     assert {g["gate"] for g in manifest["gates"]} == {
