@@ -17,6 +17,7 @@ QuantizeLinear/DequantizeLinear pair.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ from factory.runtime.artifacts import Artifact
 
 QAT_SPLIT = "qat"  # procedural identities of its own: never the benchmark's, the calibration's or the student's
 ONNX_OPSET = 17  # the TorchScript exporter's QuantizeLinear/DequantizeLinear with per-channel axes
+
+NNCF_EXTENSION_TIMEOUT_VAR = "NNCF_EXTENSION_LOAD_TIMEOUT"  # read by NNCF when it loads the extension
+NNCF_EXTENSION_TIMEOUT_S = 900
 
 
 def _qat_train() -> TrainConfig:
@@ -87,6 +91,10 @@ class QuantFaceQAT(NNCFPTQ):
         teacher, student = load_model(parent.path).eval(), load_model(parent.path).eval()
         contract = student.contract
         nncf = quiet_nncf()
+        # NNCF's torch quantizers are a C++ extension compiled on first use on each machine (and again after torch's
+        # headers change, as in a new venv): over a minute on a busy 2-core machine, past NNCF's 60 s default, after
+        # which it gives up. A user's own setting stands.
+        os.environ.setdefault(NNCF_EXTENSION_TIMEOUT_VAR, str(NNCF_EXTENSION_TIMEOUT_S))
         calibration = torch.from_numpy(ctx.calibration)
         quantized = nncf.quantize(
             student,
