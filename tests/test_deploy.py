@@ -24,7 +24,7 @@ from factory.recipe import RecipeError, load_recipe
 from factory.recipe.loader import load_target
 from factory.recipe.targets import TARGETS_DIR, TargetConfig, TransportConfig, known_targets
 from factory.runtime.artifacts import Artifact
-from factory.runtime.target_runner import BUNDLE_FILE, run_bundle
+from factory.runtime.target_runner import BUNDLE_FILE, REPORT_FILE, run_bundle
 from factory.runtime.tensorrt import tensorrt_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +154,17 @@ def test_the_runner_measures_the_bundle_in_an_environment_without_torch(
         # same IR are within a factor of a few (a unit slip would be a factor of 1000).
         ours = measured["latency_by_batch"]["1"]["median_ms"]
         assert 1 / 20 < app["median_ms"] / ours < 20, (app["median_ms"], ours)
+
+
+def test_a_bundle_named_relative_to_the_working_directory_runs(
+    shipped: list[Shipped], bench: PairBenchmark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo's run directory is relative (runs/NAME); the runner starts inside its bundle and must still find it.
+    target = local_target("onnxruntime")
+    write_bundle(tmp_path / "bundle", target, shipped, bench, RELEASE)
+    monkeypatch.chdir(tmp_path)
+    report = run_on_target(target, Path("bundle"), echo=lambda line: None)
+    assert report["environment"]["onnxruntime"] and (tmp_path / "bundle" / REPORT_FILE).is_file()
 
 
 def test_the_same_build_and_target_give_the_same_bundle(

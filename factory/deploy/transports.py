@@ -38,6 +38,7 @@ def run_on_target(target: TargetConfig, bundle: Path, echo: Callable[[str], None
 @TRANSPORTS.register("local")
 def run_local(target: TargetConfig, bundle: Path, echo: Callable[[str], None]) -> dict[str, Any]:
     """A subprocess on this machine, by default in an environment holding only numpy and the target's runtime."""
+    bundle = bundle.resolve()  # the runner runs inside the bundle: a path relative to here would not reach it
     report = bundle / REPORT_FILE
     report.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="factory-env-") as envs:
