@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -9,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from factory.data.benchmark import build_benchmark, pair_layout
+from factory.data.benchmark import (
+    BenchmarkFormatError,
+    CrossGroupImpostors,
+    build_benchmark,
+    draw_cross_impostors,
+    pair_layout,
+)
 from factory.data.preview import write_previews
 from factory.data.world.renderer import ProceduralFaceWorld
 from factory.data.world.seeding import make_generator
@@ -141,6 +148,32 @@ def test_build_benchmark_is_deterministic_and_grouped(world: ProceduralFaceWorld
     for g, name in enumerate(bench.group_names):
         assert (bench.groups[bench.group_indices(name)] == g).all()
         assert len(bench.group_indices(name)) == 40
+
+
+def test_cross_group_impostors_are_drawn_among_the_benchmarks_images(world: ProceduralFaceWorld, tmp_path) -> None:
+    bench = build_benchmark(world, pairs_per_group=40, seed=0)
+    cross = draw_cross_impostors(bench, pairs_per_cell=7, seed=3)
+    n = len(bench.group_names)
+    assert cross.pairs.shape == cross.cells.shape == (7 * n * (n - 1) // 2, 2)
+    image_groups = np.repeat(bench.groups, 2)
+    assert np.array_equal(image_groups[cross.pairs], cross.cells)  # each image is of its cell's group
+    assert (cross.cells[:, 0] < cross.cells[:, 1]).all()
+    assert (bench.subjects[cross.pairs[:, 0]] != bench.subjects[cross.pairs[:, 1]]).all()
+    assert np.array_equal(draw_cross_impostors(bench, 7, seed=3).pairs, cross.pairs)
+    cross.save(tmp_path / "cross.npz")
+    again = CrossGroupImpostors.load(tmp_path / "cross.npz", bench)
+    assert np.array_equal(again.pairs, cross.pairs) and again.group_names == bench.group_names
+
+    half = {"images": bench.images[:160], "issame": bench.issame[:80], "groups": bench.groups[:80]}
+    smaller = dataclasses.replace(bench, subjects=bench.subjects[:160], **half)
+    with pytest.raises(BenchmarkFormatError, match=r"cross.npz: pair rows outside the benchmark's 160 images"):
+        CrossGroupImpostors.load(tmp_path / "cross.npz", smaller)
+    renamed = dataclasses.replace(bench, group_names=("a", "b", "c", "d"))
+    with pytest.raises(BenchmarkFormatError, match=r"groups \['alpha'.* are not the benchmark's \['a', 'b'"):
+        CrossGroupImpostors.load(tmp_path / "cross.npz", renamed)
+    shared = dataclasses.replace(bench, subjects=np.zeros_like(bench.subjects))
+    with pytest.raises(ValueError, match="shows one subject twice"):
+        draw_cross_impostors(shared, pairs_per_cell=7, seed=3)
 
 
 def test_previews_are_one_grid_per_group(world: ProceduralFaceWorld, tmp_path) -> None:

@@ -175,48 +175,71 @@ def build_benchmark(
 class CrossGroupImpostors:
     """Impostor pairs whose two people belong to different groups, for the cross-group FMR heatmap.
 
+    The pairs are drawn among the benchmark's own images, so the validate stage embeds no face for them: each image
+    is embedded once and serves its own pair and these.
+
     Attributes:
-        images: uint8 ``2M×3×H×W``; rows ``2k`` and ``2k+1`` form pair ``k``.
+        pairs: int ``M×2``, the rows of the benchmark's images that form each pair.
         cells: int ``M×2``, the (group of the first, group of the second image) of every pair.
         group_names: group names (indices of ``cells``).
     """
 
-    images: np.ndarray
+    pairs: np.ndarray
     cells: np.ndarray
     group_names: tuple[str, ...]
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an uncompressed ``.npz`` atomically."""
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=self.images, cells=self.cells, group_names=np.array(self.group_names, dtype=str))
+            np.savez(f, pairs=self.pairs, cells=self.cells, group_names=np.array(self.group_names, dtype=str))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CrossGroupImpostors:
-        """Read a file written by :meth:`save`; never unpickles."""
-        expected = "cross-group impostors: arrays images, cells, group_names"
+    def load(cls, path: str | os.PathLike[str], bench: PairBenchmark) -> CrossGroupImpostors:
+        """Read a file written by :meth:`save` for ``bench``; never unpickles.
+
+        Raises:
+            BenchmarkFormatError: a missing array, or pairs that do not fit ``bench`` (rows outside its images,
+                groups other than its groups), naming the file.
+        """
+        expected = "cross-group impostors: arrays pairs, cells, group_names"
         try:
             data = read_npz(path, expected)
-            return cls(data["images"], data["cells"], tuple(str(g) for g in data["group_names"]))
+            cross = cls(data["pairs"], data["cells"], tuple(str(g) for g in data["group_names"]))
         except KeyError as e:
             raise BenchmarkFormatError(f"{path}: missing array {e} (expected {expected})") from None
         except ValueError as e:
             raise BenchmarkFormatError(str(e)) from None
+        rows, n_images = cross.pairs, len(bench.images)
+        if rows.ndim != 2 or rows.shape[1] != 2 or cross.cells.shape != rows.shape:
+            raise BenchmarkFormatError(f"{path}: pairs {rows.shape} and cells {cross.cells.shape} are not both M×2")
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_images):
+            raise BenchmarkFormatError(f"{path}: pair rows outside the benchmark's {n_images} images")
+        if cross.group_names != bench.group_names:
+            raise BenchmarkFormatError(
+                f"{path}: groups {list(cross.group_names)} are not the benchmark's {list(bench.group_names)}"
+            )
+        return cross
 
 
-def build_cross_impostors(
-    world: ProceduralFaceWorld, pairs_per_cell: int, seed: int, split: str = "benchmark-cross", batch_size: int = 256
-) -> CrossGroupImpostors:
-    """``pairs_per_cell`` impostor pairs for every pair of different groups, from identities of their own split."""
-    n_groups = len(world.group_names)
-    ids = identity_set(world, split, per_group=pairs_per_cell, seed=seed)
-    cells = np.array([(a, b) for a in range(n_groups) for b in range(a + 1, n_groups) for _ in range(pairs_per_cell)])
+def draw_cross_impostors(bench: PairBenchmark, pairs_per_cell: int, seed: int) -> CrossGroupImpostors:
+    """``pairs_per_cell`` impostor pairs for every pair of different groups, among the benchmark's images.
+
+    Raises:
+        ValueError: a drawn pair shows one subject twice (a benchmark whose groups share people).
+    """
+    n_groups = len(bench.group_names)
+    image_groups = np.repeat(bench.groups, 2)
+    rows_of = [np.flatnonzero(image_groups == g) for g in range(n_groups)]
+    cells = np.array(
+        [(a, b) for a in range(n_groups) for b in range(a + 1, n_groups) for _ in range(pairs_per_cell)], dtype=np.int64
+    ).reshape(-1, 2)
     rng = np.random.default_rng(seed)
-    left = cells[:, 0] * pairs_per_cell + rng.integers(0, pairs_per_cell, len(cells))
-    right = cells[:, 1] * pairs_per_cell + rng.integers(0, pairs_per_cell, len(cells))
-    image_ids = np.stack([left, right], axis=1).reshape(-1)
-    gen = make_generator("benchmark-cross-images", seed, split)
-    chunks = []
-    for start in range(0, len(image_ids), batch_size):
-        idx = torch.from_numpy(image_ids[start : start + batch_size])
-        chunks.append(world.synthesis(world.mapping(ids.z[idx], ids.group[idx]), gen))
-    return CrossGroupImpostors(torch.cat(chunks).numpy(), cells, tuple(world.group_names))
+    pairs = np.zeros_like(cells)
+    for a in range(n_groups):
+        for b in range(a + 1, n_groups):
+            at = np.flatnonzero((cells[:, 0] == a) & (cells[:, 1] == b))
+            pairs[at, 0] = rng.choice(rows_of[a], len(at))
+            pairs[at, 1] = rng.choice(rows_of[b], len(at))
+    if np.any(bench.subjects[pairs[:, 0]] == bench.subjects[pairs[:, 1]]):
+        raise ValueError("a cross-group pair shows one subject twice: the benchmark's groups share people")
+    return CrossGroupImpostors(pairs, cells, tuple(bench.group_names))

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from factory.data.benchmark import build_benchmark, build_cross_impostors
+from factory.data.benchmark import build_benchmark, draw_cross_impostors
 from factory.data.calibration import draw_calibration, prove_apart, refuse_benchmark_files
 from factory.data.formats.benchmarks import load_real_benchmark
 from factory.data.preview import write_previews
@@ -29,8 +29,8 @@ def build_data(ctx: StageContext) -> StageResult:
         bench = build_benchmark(world, pairs_per_group=cfg.benchmark_pairs_per_group, seed=seed, progress=ctx.progress)
     bench.save(ctx.work_dir / BENCHMARK_FILE)
     cross_pairs = 0
-    if not cfg.benchmark:  # procedural: cross-group impostors too, for the FMR heatmap
-        cross = build_cross_impostors(world, max(10, cfg.benchmark_pairs_per_group // 6), seed)
+    if not cfg.benchmark:  # procedural: cross-group impostors too (among its images), for the FMR heatmap
+        cross = draw_cross_impostors(bench, max(10, cfg.benchmark_pairs_per_group // 6), seed)
         cross.save(ctx.work_dir / CROSS_FILE)
         cross_pairs = len(cross.cells)
     calibration_cfg = cfg.calibration
