@@ -171,6 +171,17 @@ def test_cross_group_impostors_are_drawn_among_the_benchmarks_images(world: Proc
     renamed = dataclasses.replace(bench, group_names=("a", "b", "c", "d"))
     with pytest.raises(BenchmarkFormatError, match=r"groups \['alpha'.* are not the benchmark's \['a', 'b'"):
         CrossGroupImpostors.load(tmp_path / "cross.npz", renamed)
+    wrong = {
+        "moved.npz": (dataclasses.replace(cross, cells=cross.cells[::-1].copy()), "cells that are not the groups"),
+        "float.npz": (
+            dataclasses.replace(cross, pairs=cross.pairs.astype(float)),
+            r"float64 .* \(expected both M×2 int",
+        ),
+    }
+    for name, (damaged, problem) in wrong.items():
+        damaged.save(tmp_path / name)
+        with pytest.raises(BenchmarkFormatError, match=rf"{name}: .*{problem}"):
+            CrossGroupImpostors.load(tmp_path / name, bench)
     shared = dataclasses.replace(bench, subjects=np.zeros_like(bench.subjects))
     with pytest.raises(ValueError, match="shows one subject twice"):
         draw_cross_impostors(shared, pairs_per_cell=7, seed=3)

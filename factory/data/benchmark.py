@@ -199,7 +199,7 @@ class CrossGroupImpostors:
 
         Raises:
             BenchmarkFormatError: a missing array, or pairs that do not fit ``bench`` (rows outside its images,
-                groups other than its groups), naming the file.
+                groups other than its groups, cells other than its images' groups), naming the file.
         """
         expected = "cross-group impostors: arrays pairs, cells, group_names"
         try:
@@ -209,15 +209,20 @@ class CrossGroupImpostors:
             raise BenchmarkFormatError(f"{path}: missing array {e} (expected {expected})") from None
         except ValueError as e:
             raise BenchmarkFormatError(str(e)) from None
-        rows, n_images = cross.pairs, len(bench.images)
-        if rows.ndim != 2 or rows.shape[1] != 2 or cross.cells.shape != rows.shape:
-            raise BenchmarkFormatError(f"{path}: pairs {rows.shape} and cells {cross.cells.shape} are not both M×2")
+        rows, cells, n_images = cross.pairs, cross.cells, len(bench.images)
+        shaped = rows.ndim == 2 and rows.shape[1:] == (2,) and cells.shape == rows.shape
+        if not shaped or not all(np.issubdtype(a.dtype, np.integer) for a in (rows, cells)):
+            raise BenchmarkFormatError(
+                f"{path}: pairs {rows.shape} {rows.dtype} and cells {cells.shape} {cells.dtype} (expected both M×2 int)"
+            )
         if len(rows) and (rows.min() < 0 or rows.max() >= n_images):
             raise BenchmarkFormatError(f"{path}: pair rows outside the benchmark's {n_images} images")
         if cross.group_names != bench.group_names:
             raise BenchmarkFormatError(
                 f"{path}: groups {list(cross.group_names)} are not the benchmark's {list(bench.group_names)}"
             )
+        if not np.array_equal(np.repeat(bench.groups, 2)[rows], cells):
+            raise BenchmarkFormatError(f"{path}: cells that are not the groups of their pairs' images")
         return cross
 
 
